@@ -1,0 +1,128 @@
+"""Trainable attention: Grad-CAM maps as differentiable functions of the features (Eq. 1-2).
+
+A *pair* ``(b, c)`` asks for the attention map of class ``c`` on image ``b``; a multi-label batch
+yields one pair per ground-truth label (:func:`label_pairs`), so an image with ``n`` labels gets
+``n`` maps and, later, ``n`` erased images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Absolute epsilon: Grad-CAM maps of freshly initialised deep nets can be ~1e-8 in scale, so a
+# larger one (1e-7, as pytorch-grad-cam uses) would squash them; float32 keeps 1e-12 representable.
+NORMALISATION_EPS = 1e-12
+
+
+def label_pairs(labels: Tensor) -> Tensor:
+    """``(P, 2)`` long tensor of ``(image_index, class_index)``, ordered by image then class.
+
+    Args:
+        labels: multi-hot ``(B, C)`` (any nonzero entry is a label) or class indices ``(B,)``.
+    """
+    if labels.dim() == 1:
+        return torch.stack([torch.arange(labels.shape[0], device=labels.device), labels.long()], dim=1)
+    if labels.dim() != 2:
+        raise ValueError(f"labels must be (B, C) multi-hot or (B,) indices, got shape {tuple(labels.shape)}")
+    return torch.nonzero(labels, as_tuple=False)
+
+
+def _slot_of_pair(image_index: Tensor) -> Tensor:
+    """Rank of each pair among the pairs of its image (0 for the first label, 1 for the second...).
+
+    ``image_index`` need not be sorted.
+    """
+    order = torch.argsort(image_index, stable=True)
+    sorted_index = image_index[order]
+    position = torch.arange(sorted_index.numel(), device=image_index.device)
+    is_first = torch.ones_like(sorted_index, dtype=torch.bool)
+    is_first[1:] = sorted_index[1:] != sorted_index[:-1]
+    run_start = torch.cummax(torch.where(is_first, position, torch.zeros_like(position)), dim=0).values
+    slot = torch.empty_like(image_index)
+    slot[order] = position - run_start
+    return slot
+
+
+def gradcam_weights(scores: Tensor, features: Tensor, pairs: Tensor, *, create_graph: bool = False) -> Tensor:
+    """Eq. 1: ``w^c_k = mean_{i,j} d s^c / d f_k(i, j)`` for every pair, with ONE autograd call.
+
+    Pairs of the same image are spread over "slots" (an image's first label in slot 0, its second
+    in slot 1, ...); one batched ``torch.autograd.grad`` computes the gradient of every slot's
+    summed scores at once (``is_grads_batched``). Within a slot each image contributes one score,
+    so the per-image gradient equals that pair's own Grad-CAM gradient as long as images do not
+    interact after layer ``l`` (true in eval mode and for the usual heads; a train-mode BatchNorm
+    *after* the attention layer would couple them, as it would any batched Grad-CAM).
+
+    Args:
+        scores: ``(B, C)`` logits, part of the graph that produced ``features``.
+        features: ``(B, K, h, w)`` activations of the attention layer.
+        pairs: ``(P, 2)`` ``(image_index, class_index)``.
+        create_graph: keep the graph of the weights so that losses also differentiate through
+            ``w`` (second order); ``False`` treats ``w`` as a constant, as Grad-CAM does.
+
+    Returns:
+        ``(P, K)`` weights. The graph of ``scores`` is retained for the caller's own backward.
+    """
+    if pairs.numel() == 0:
+        return features.new_zeros(0, features.shape[1])
+    image_index, class_index = pairs[:, 0], pairs[:, 1]
+    slot = _slot_of_pair(image_index)
+    n_slots = int(slot.max()) + 1
+    grad_outputs = scores.new_zeros(n_slots, *scores.shape)
+    grad_outputs[slot, image_index, class_index] = 1.0
+    if n_slots == 1:
+        (gradients,) = torch.autograd.grad(
+            scores, features, grad_outputs[0], retain_graph=True, create_graph=create_graph
+        )
+        gradients = gradients.unsqueeze(0)
+    else:
+        (gradients,) = torch.autograd.grad(
+            scores, features, grad_outputs, retain_graph=True, create_graph=create_graph, is_grads_batched=True
+        )
+    return gradients[slot, image_index].mean(dim=(-2, -1))
+
+
+def linear_head_weights(head_weight: Tensor, class_index: Tensor, feature_hw: tuple[int, int]) -> Tensor:
+    """Closed form of Eq. 1 for a global-average-pool + linear head: ``w^c = W_c / (h * w)``.
+
+    ``head_weight`` ``(C, K)``; returns ``(P, K)``.
+    """
+    return head_weight[class_index] / float(feature_hw[0] * feature_hw[1])
+
+
+def normalise_maps(maps: Tensor, eps: float = NORMALISATION_EPS) -> Tensor:
+    """Per-map min-max normalisation of ``(P, H, W)`` to ``[0, 1]`` (computed in float32, so half
+    precision cannot underflow the epsilon); an all-zero map stays zero."""
+    maps = maps.float()
+    flat = maps.flatten(1)
+    low = flat.min(dim=1).values[:, None, None]
+    high = flat.max(dim=1).values[:, None, None]
+    return (maps - low) / (high - low + eps)
+
+
+def attention_maps(
+    features: Tensor,
+    weights: Tensor,
+    image_index: Tensor,
+    output_size: tuple[int, int] | None = None,
+    *,
+    normalise: bool = True,
+) -> Tensor:
+    """Eq. 2: ``A^c = ReLU(sum_k w^c_k f_k)``, resized bilinearly, then min-max normalised.
+
+    Args:
+        features: ``(B, K, h, w)``.
+        weights: ``(P, K)`` Grad-CAM weights, one row per pair.
+        image_index: ``(P,)`` image of each pair.
+        output_size: ``(H, W)`` to resize to (the input size); ``None`` keeps ``(h, w)``.
+        normalise: min-max normalise each map to ``[0, 1]`` (after resizing, as METHOD.md states).
+
+    Returns:
+        ``(P, H, W)`` maps, differentiable with respect to ``features`` (and ``weights``).
+    """
+    maps = F.relu(torch.einsum("pk,pkhw->phw", weights, features[image_index]))
+    if output_size is not None and tuple(output_size) != tuple(maps.shape[-2:]):
+        maps = F.interpolate(maps[:, None], size=tuple(output_size), mode="bilinear", align_corners=False)[:, 0]
+    return normalise_maps(maps) if normalise else maps

@@ -1,0 +1,238 @@
+"""The GAIN module: S_cl, S_am and S_e streams around any classifier (METHOD.md, Eq. 1-8)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from gainet.core.attention import attention_maps, gradcam_weights, label_pairs, linear_head_weights
+from gainet.core.backbone import AttentionBackbone, batchnorm_in_eval_mode, batchnorm_with_batch_stats_only
+from gainet.core.losses import (
+    attention_mining_loss,
+    class_scores,
+    classification_loss,
+    external_supervision_loss,
+    gain_loss,
+)
+from gainet.core.masking import erase, soft_mask
+
+AmGradient = Literal["all", "attention"]
+ErasedBatchNorm = Literal["batch", "running"]
+
+
+@dataclass
+class GAINOutput:
+    """What one GAIN training/validation forward returns.
+
+    Attributes:
+        loss: the total loss to back-propagate (L_cl, L_self or L_ext).
+        loss_cl, loss_am, loss_e: the terms (zero tensors when a term is off).
+        scores: ``(B, C)`` logits of the clean images (S_cl).
+        pairs: ``(P, 2)`` ``(image_index, class_index)``, one per ground-truth label.
+        attention: ``(P, H, W)`` normalised maps in [0, 1], one per pair, part of the graph;
+            ``None`` when no term needed them (plain classification, warm-up).
+        erased_scores: ``(P,)`` bounded score of each pair's class on its erased image, or ``None``.
+    """
+
+    loss: Tensor
+    loss_cl: Tensor
+    loss_am: Tensor
+    loss_e: Tensor
+    scores: Tensor
+    pairs: Tensor
+    attention: Tensor | None = None
+    erased_scores: Tensor | None = None
+
+
+class GAIN(nn.Module):
+    """Guided Attention Inference Network around an image classifier.
+
+    Args:
+        model: classifier ``(B, 3, H, W) -> (B, C)`` logits (torchvision, timm, your own).
+        attention_layer: layer ``l`` (dotted name or module); ``None`` finds it automatically.
+        multi_label: multi-label soft-margin L_cl and sigmoid scores on erased images; ``False``
+            gives cross entropy and softmax probabilities (METHOD.md, single-label pitfall).
+        sigma, omega: soft-mask threshold and sharpness (Eq. 4); METHOD.md: 0.5 and 10.
+        alpha: weight of L_am (Eq. 6); ``0`` turns GAIN into the plain classifier (CAM baseline).
+        omega_e: weight of L_e (Eq. 8); METHOD.md: 10.
+        am_gradient: which weights L_am may update through the S_am stream.
+            ``"all"`` (the paper): every weight, both through the attention map and through the
+            erased forward pass. ``"attention"``: only through the attention map; the erased
+            forward pass runs with its parameters held constant, so the network cannot lower
+            L_am by learning to recognise erased images (METHOD.md pitfall 1).
+        erased_batchnorm: how the erased forward meets BatchNorm. ``"batch"``: normalise with the
+            erased batch's own statistics without reading or updating the running buffers;
+            ``"running"``: normalise with the running statistics (BatchNorm in eval mode). Either
+            way the erased images never move a running statistic.
+        weights_grad: let losses differentiate through the Grad-CAM weights ``w^c`` as well
+            (second-order gradient). Default ``False``: ``w^c`` is a constant, as in Grad-CAM and
+            METHOD.md ("computing w uses back-propagation but does NOT update weights"); ``A^c``
+            still depends differentiably on ``f_l``.
+        fast_path, probe_size: see :class:`~gainet.core.backbone.AttentionBackbone`.
+
+    S_e deviation from the paper's figure: the attention maps that L_e supervises are those of
+    the S_cl pass itself rather than of a separate forward pass over the supervised images. With
+    every weight shared the maps are the same function; re-running the few supervised images as
+    their own tiny batch would make train-mode BatchNorm normalise with the statistics of 1-2
+    images (METHOD.md pitfall 2) and cost an extra forward pass.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        attention_layer: str | nn.Module | None = None,
+        *,
+        multi_label: bool = True,
+        sigma: float = 0.5,
+        omega: float = 10.0,
+        alpha: float = 1.0,
+        omega_e: float = 10.0,
+        am_gradient: AmGradient = "all",
+        erased_batchnorm: ErasedBatchNorm = "batch",
+        weights_grad: bool = False,
+        fast_path: bool | None = None,
+        probe_size: int = 224,
+    ) -> None:
+        super().__init__()
+        if am_gradient not in ("all", "attention"):
+            raise ValueError(f"am_gradient must be 'all' or 'attention', got {am_gradient!r}")
+        if erased_batchnorm not in ("batch", "running"):
+            raise ValueError(f"erased_batchnorm must be 'batch' or 'running', got {erased_batchnorm!r}")
+        self.backbone = AttentionBackbone(model, attention_layer, probe_size=probe_size, fast_path=fast_path)
+        self.multi_label = multi_label
+        self.sigma = sigma
+        self.omega = omega
+        self.alpha = alpha
+        self.omega_e = omega_e
+        self.am_gradient: AmGradient = am_gradient
+        self.erased_batchnorm: ErasedBatchNorm = erased_batchnorm
+        self.weights_grad = weights_grad
+
+    @property
+    def model(self) -> nn.Module:
+        """The wrapped classifier."""
+        return self.backbone.model
+
+    # ------------------------------------------------------------------ attention
+    def pair_attention(
+        self, scores: Tensor, features: Tensor, pairs: Tensor, output_size: tuple[int, int] | None
+    ) -> Tensor:
+        """Normalised maps ``(P, H, W)`` for ``pairs`` from one forward's ``scores`` and ``features``."""
+        if self.backbone.linear_head is not None:
+            head = self.backbone.linear_head.weight
+            weights = linear_head_weights(
+                head if self.weights_grad else head.detach(), pairs[:, 1], tuple(features.shape[-2:])
+            )
+        else:
+            weights = gradcam_weights(scores, features, pairs, create_graph=self.weights_grad)
+        return attention_maps(features, weights, pairs[:, 0], output_size)
+
+    def explain(
+        self, images: Tensor, classes: int | Sequence[int] | Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Attention maps for inference, in the model's current train/eval mode.
+
+        Args:
+            images: ``(B, 3, H, W)`` normalised images.
+            classes: one class for the whole batch, one per image ``(B,)``, or ``None`` for each
+                image's top-scoring class.
+
+        Returns:
+            ``scores`` ``(B, C)`` logits and ``maps`` ``(B, H, W)`` in [0, 1], detached, on the
+            model's device.
+        """
+        needs_autograd = self.backbone.linear_head is None
+        grad_context = torch.enable_grad() if needs_autograd else torch.no_grad()
+        with grad_context, self.backbone.features_require_grad():
+            scores, features = self.backbone(images)
+            if classes is None:
+                targets = scores.argmax(dim=1)
+            else:
+                targets = torch.as_tensor(classes, device=scores.device, dtype=torch.long)
+                targets = targets.expand(scores.shape[0]) if targets.dim() == 0 else targets
+            if targets.shape != (scores.shape[0],):
+                raise ValueError(f"classes must be one index or one per image ({scores.shape[0]}), got {tuple(targets.shape)}")
+            if (targets < 0).any() or (targets >= scores.shape[1]).any():
+                raise ValueError(f"class index out of range [0, {scores.shape[1]}): {targets.tolist()}")
+            pairs = label_pairs(targets)
+            maps = self.pair_attention(scores, features, pairs, tuple(images.shape[-2:]))
+        return scores.detach(), maps.detach()
+
+    # ------------------------------------------------------------------ training
+    def _erased_scores(self, erased: Tensor, class_index: Tensor) -> Tensor:
+        """S_am: bounded score of each pair's class on its erased image ``(P,)``."""
+        batchnorm = batchnorm_in_eval_mode if self.erased_batchnorm == "running" else batchnorm_with_batch_stats_only
+        with batchnorm(self.backbone.model):
+            if self.am_gradient == "attention":
+                constants = {name: p.detach() for name, p in self.backbone.named_parameters()}
+                scores, _ = functional_call(self.backbone, constants, (erased,))
+            else:
+                scores, _ = self.backbone(erased)
+        return class_scores(scores, class_index, self.multi_label)
+
+    def forward(
+        self,
+        images: Tensor,
+        labels: Tensor | None = None,
+        masks: Tensor | None = None,
+        supervised: Tensor | None = None,
+        *,
+        mine: bool = True,
+    ) -> Tensor | GAINOutput:
+        """Without ``labels``: the logits ``(B, C)``. With ``labels``: a :class:`GAINOutput`.
+
+        Args:
+            images: ``(B, 3, H, W)`` normalised images.
+            labels: multi-hot ``(B, C)`` (single-label: one-hot, or indices ``(B,)``).
+            masks: ``(B, C, H, W)`` per-class masks ``H^c`` in [0, 1] (pixel masks or boxes made
+                masks by :func:`~gainet.core.masking.boxes_to_masks`), read only where ``supervised``.
+            supervised: ``(B,)`` bool, images whose masks L_e may use; default: all when ``masks``
+                is given.
+            mine: run attention mining (S_am). ``False`` during the classification-only warm-up.
+        """
+        scores, features = self.backbone(images)
+        if labels is None:
+            return scores
+        if labels.dim() == 1:
+            labels = nn.functional.one_hot(labels.long(), scores.shape[1]).to(scores.dtype)
+        if labels.shape != scores.shape:
+            raise ValueError(f"labels shape {tuple(labels.shape)} != scores shape {tuple(scores.shape)}")
+        loss_cl = classification_loss(scores, labels, self.multi_label)
+        zero = loss_cl.new_zeros(())
+        pairs = label_pairs(labels)
+        image_index, class_index = pairs[:, 0], pairs[:, 1]
+
+        use_mining = mine and self.alpha > 0 and pairs.shape[0] > 0
+        use_masks = masks is not None and self.omega_e > 0
+        if use_masks:
+            if masks.shape != (*scores.shape, *images.shape[-2:]):
+                raise ValueError(
+                    f"masks must be (B, C, H, W) = {(*scores.shape, *images.shape[-2:])}, got {tuple(masks.shape)}"
+                )
+            supervised = (
+                torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
+                if supervised is None else supervised.to(device=images.device, dtype=torch.bool)
+            )
+            use_masks = bool(supervised.any())
+        if not (use_mining or use_masks):
+            return GAINOutput(loss_cl, loss_cl, zero, zero, scores, pairs)
+
+        attention = self.pair_attention(scores, features, pairs, tuple(images.shape[-2:]))
+        loss_am, loss_e, erased_scores = zero, zero, None
+        if use_mining:
+            erased = erase(images, soft_mask(attention, self.sigma, self.omega), image_index)
+            erased_scores = self._erased_scores(erased, class_index)
+            loss_am = attention_mining_loss(erased_scores, image_index, images.shape[0])
+        if use_masks:
+            targets = masks[image_index, class_index].to(attention.dtype)
+            loss_e = external_supervision_loss(attention, targets, image_index, supervised)
+        loss = gain_loss(
+            loss_cl, loss_am if use_mining else zero, loss_e if use_masks else None,
+            alpha=self.alpha, omega_e=self.omega_e,
+        )
+        return GAINOutput(loss, loss_cl, loss_am, loss_e, scores, pairs, attention, erased_scores)

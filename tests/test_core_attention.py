@@ -1,0 +1,190 @@
+"""Trainable attention against an independent Grad-CAM (hooks + one backward pass per map)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from gainet.core import GAIN, AttentionBackbone, find_attention_layer, gradcam_weights, label_pairs, normalise_maps
+from gainet.core.attention import attention_maps
+from gainet.models import build_classifier
+
+
+def reference_gradcam(model: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor, pairs) -> torch.Tensor:
+    """Textbook Grad-CAM, computed separately: forward hook for f, a fresh forward and a separate
+    ``backward`` of each (image, class) score, w = spatial mean of the gradient, ReLU of the
+    weighted sum, bilinear resize, min-max normalisation."""
+    maps = []
+    for image_index, class_index in pairs:
+        store = {}
+
+        def hook(_m, _i, output):
+            output.retain_grad()
+            store["f"] = output
+
+        handle = layer.register_forward_hook(hook)
+        model.zero_grad()
+        with torch.enable_grad():  # input requires grad, so frozen weights still give f a gradient
+            scores = model(images[image_index: image_index + 1].clone().requires_grad_(True))
+            handle.remove()
+            scores[0, class_index].backward()
+        features, gradient = store["f"][0].detach(), store["f"].grad[0]
+        weights = gradient.mean(dim=(1, 2))
+        cam = torch.relu((weights[:, None, None] * features).sum(0))
+        cam = F.interpolate(cam[None, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+        cam = cam - cam.min()
+        maps.append(cam / (cam.max() + 1e-12))
+    return torch.stack(maps)
+
+
+def _model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.get_model(name, weights=None, num_classes=6).eval()
+
+
+PAIRS = [(0, 1), (0, 4), (1, 2), (2, 0), (2, 3), (2, 5)]
+
+
+@pytest.mark.parametrize(
+    ("name", "layer", "fast_path"),
+    [("resnet18", "layer4", False), ("resnet18", "layer4", True), ("vgg11", "features.19", False)],
+)
+def test_attention_equals_independent_gradcam(name: str, layer: str, fast_path: bool) -> None:
+    model = _model(name)
+    torch.manual_seed(1)
+    images = torch.randn(3, 3, 64, 64)
+    expected = reference_gradcam(model, model.get_submodule(layer), images, PAIRS)
+    gain = GAIN(model, layer, fast_path=fast_path, probe_size=64)
+    with torch.enable_grad():
+        scores, features = gain.backbone(images)
+        maps = gain.pair_attention(scores, features, torch.tensor(PAIRS), (64, 64))
+    assert maps.shape == (len(PAIRS), 64, 64)
+    torch.testing.assert_close(maps, expected, atol=1e-5, rtol=0)
+
+
+def test_fast_path_equals_general_path_in_train_and_eval_mode() -> None:
+    model = build_classifier("resnet18", 5)
+    fast = GAIN(model, probe_size=64)
+    assert fast.backbone.linear_head is not None
+    images = torch.randn(4, 3, 48, 48)
+    pairs = torch.tensor([[0, 0], [0, 3], [1, 1], [2, 4], [3, 2], [3, 0]])
+    for training in (True, False):
+        model.train(training)
+        scores, features = fast.backbone(images)
+        closed_form = fast.pair_attention(scores, features, pairs, (48, 48))
+        autograd = attention_maps(features, gradcam_weights(scores, features, pairs), pairs[:, 0], (48, 48))
+        torch.testing.assert_close(closed_form, autograd, atol=1e-5, rtol=1e-4)
+
+
+def test_fast_path_is_rejected_where_the_head_is_not_gap_linear() -> None:
+    assert GAIN(_model("vgg11"), probe_size=64).backbone.linear_head is None  # 3-layer MLP head
+    assert GAIN(_model("efficientnet_b0").train(), probe_size=64).backbone.linear_head is None  # dropout
+    with pytest.raises(ValueError, match="not global-average-pool"):
+        GAIN(_model("vgg11"), fast_path=True, probe_size=64)
+
+
+def test_gradcam_weights_use_one_batched_call_per_image_label_slot() -> None:
+    model = _model("vgg11")
+    backbone = AttentionBackbone(model, "features.19", fast_path=False)
+    images = torch.randn(3, 3, 32, 32)
+    scores, features = backbone(images)
+    pairs = torch.tensor(PAIRS)
+    weights = gradcam_weights(scores, features, pairs)
+    for row, (b, c) in enumerate(PAIRS):
+        (gradient,) = torch.autograd.grad(scores[b, c], features, retain_graph=True)
+        torch.testing.assert_close(weights[row], gradient[b].mean(dim=(1, 2)), atol=1e-7, rtol=1e-5)
+
+
+def test_weights_grad_option_adds_second_order_gradient() -> None:
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 32, 32)
+    labels = torch.tensor([[1.0, 0, 1, 0, 0, 0], [0, 1, 0, 0, 0, 0]])
+    grads = {}
+    for weights_grad in (False, True):
+        model = _model("vgg11").train()
+        gain = GAIN(model, "features.19", weights_grad=weights_grad, probe_size=32)
+        loss = gain(images, labels).loss_am
+        loss.backward()
+        grads[weights_grad] = model.classifier[0].weight.grad.clone()
+    assert torch.isfinite(grads[True]).all()
+    assert not torch.allclose(grads[False], grads[True])
+
+
+def test_label_pairs_and_normalisation() -> None:
+    labels = torch.tensor([[0.0, 1, 1], [0, 0, 0], [1, 0, 0]])
+    assert label_pairs(labels).tolist() == [[0, 1], [0, 2], [2, 0]]
+    assert label_pairs(torch.tensor([2, 0])).tolist() == [[0, 2], [1, 0]]
+    maps = torch.tensor([[[0.0, 0.0], [0.0, 0.0]], [[1.0, 3.0], [5.0, 2.0]]])
+    normalised = normalise_maps(maps)
+    assert torch.equal(normalised[0], torch.zeros(2, 2))  # all-zero map: zeros, no NaN
+    torch.testing.assert_close(normalised[1], torch.tensor([[0.0, 0.5], [1.0, 0.25]]))
+
+
+def test_all_zero_attention_gives_finite_losses() -> None:
+    model = build_classifier("small-cnn", 4, width=8)
+    torch.nn.init.zeros_(model.fc.weight)
+    gain = GAIN(model, probe_size=32)
+    output = gain(torch.randn(2, 3, 32, 32), torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]]), torch.ones(2, 4, 32, 32))
+    assert output.attention is not None and torch.equal(output.attention, torch.zeros_like(output.attention))
+    output.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("resnet18", "layer4"),
+        ("vgg16", "features.29"),
+        ("mobilenet_v3_small", "features"),
+        ("efficientnet_b0", "features"),
+        ("convnext_tiny", "features"),
+    ],
+)
+def test_attention_layer_is_found_automatically(name: str, expected: str) -> None:
+    model = torchvision.models.get_model(name, weights=None, num_classes=3)
+    flags = [m.training for m in model.modules()]
+    assert find_attention_layer(model, probe_size=64) == expected
+    assert flags == [m.training for m in model.modules()]  # probing leaves every mode as it was
+
+
+def test_layer_given_by_name_or_module_and_bad_names() -> None:
+    model = build_classifier("resnet18", 3).eval()
+    by_module = AttentionBackbone(model, model.layer3)
+    assert by_module.layer_name == "layer3"
+    by_module.remove_hook()
+    assert AttentionBackbone(model, "layer3.1").layer_name == "layer3.1"
+    with pytest.raises(ValueError, match="'layer9' not found"):
+        AttentionBackbone(model, "layer9")
+    with pytest.raises(ValueError, match="must output"):
+        AttentionBackbone(model, "fc", fast_path=False)(torch.randn(2, 3, 32, 32))
+
+
+def test_explain_targets_modes_and_range() -> None:
+    torch.manual_seed(0)
+    model = _model("vgg11")
+    for p in model.parameters():
+        p.requires_grad_(False)  # frozen weights must still give maps
+    gain = GAIN(model, "features.19", probe_size=32)
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        scores, top_maps = gain.explain(images)
+    assert top_maps.shape == (3, 32, 32) and top_maps.min() >= 0 and top_maps.max() <= 1
+    _, per_sample = gain.explain(images, classes=scores.argmax(1).tolist())
+    torch.testing.assert_close(per_sample, top_maps)
+    _, fixed = gain.explain(images, classes=2)
+    expected = reference_gradcam(model, model.features[19], images, [(0, 2), (1, 2), (2, 2)])
+    torch.testing.assert_close(fixed, expected, atol=1e-5, rtol=0)
+    assert not model.training
+    with pytest.raises(ValueError, match="out of range"):
+        gain.explain(images, classes=9)
+
+
+@pytest.mark.parametrize("name", ["timm:resnet18", "efficientnet-lite0"])
+def test_optional_backbones(name: str) -> None:
+    pytest.importorskip("timm" if name.startswith("timm") else "efficientnet_lite_pytorch")
+    gain = GAIN(build_classifier(name, 4), probe_size=64)
+    output = gain(torch.randn(2, 3, 64, 64), torch.tensor([[1.0, 1, 0, 0], [0, 0, 0, 1]]))
+    assert output.attention.shape == (3, 64, 64)
+    output.loss.backward()

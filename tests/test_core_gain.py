@@ -1,0 +1,223 @@
+"""Soft mask, erasing, losses, boxes and the GAIN module's streams, against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import gainet.core.gain as gain_module
+from gainet.core import (
+    GAIN,
+    attention_mining_loss,
+    boxes_to_masks,
+    class_scores,
+    classification_loss,
+    erase,
+    external_supervision_loss,
+    soft_mask,
+)
+from gainet.models import build_classifier
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_soft_mask_at_known_points() -> None:
+    attention = torch.tensor([0.0, 0.5, 1.0, 0.6])
+    expected = torch.tensor([sigmoid(-5.0), 0.5, sigmoid(5.0), sigmoid(1.0)])
+    torch.testing.assert_close(soft_mask(attention, sigma=0.5, omega=10.0), expected)
+    torch.testing.assert_close(soft_mask(torch.tensor([0.2]), sigma=0.2, omega=3.0), torch.tensor([0.5]))
+
+
+def test_erase_keeps_unattended_pixels_and_zeroes_attended_ones() -> None:
+    images = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    mask = torch.tensor([[[1.0, 0.0], [0.5, 0.0]], [[0.0, 0.0], [0.0, 1.0]], [[0.25, 0.25], [0.25, 0.25]]])
+    image_index = torch.tensor([0, 0, 1])
+    erased = erase(images, mask, image_index)
+    assert erased.shape == (3, 3, 2, 2)  # one erased image per pair
+    for p, b in enumerate(image_index.tolist()):
+        torch.testing.assert_close(erased[p], images[b] - mask[p] * images[b])
+    assert erased[0, :, 0, 0].abs().sum() == 0 and torch.equal(erased[0, :, 0, 1], images[0, :, 0, 1])
+
+
+def test_attention_mining_loss_is_mean_over_labels_then_images() -> None:
+    scores = torch.tensor([0.2, 0.4, 0.9, 0.1, 0.3, 0.5])
+    image_index = torch.tensor([0, 0, 1, 3, 3, 3])  # image 2 has no label and does not count
+    expected = ((0.2 + 0.4) / 2 + 0.9 + (0.1 + 0.3 + 0.5) / 3) / 3
+    torch.testing.assert_close(attention_mining_loss(scores, image_index, 4), torch.tensor(expected))
+
+
+def test_external_supervision_loss_by_hand() -> None:
+    attention = torch.tensor([[[1.0, 0.0]], [[0.5, 0.5]], [[0.0, 1.0]]])  # (P=3, 1, 2)
+    masks = torch.tensor([[[1.0, 1.0]], [[0.0, 1.0]], [[0.0, 0.0]]])
+    image_index = torch.tensor([0, 0, 1])
+    per_pair = [(0 + 1) / 2, (0.25 + 0.25) / 2, (0 + 1) / 2]
+    both = torch.tensor([True, True])
+    expected = ((per_pair[0] + per_pair[1]) / 2 + per_pair[2]) / 2
+    torch.testing.assert_close(external_supervision_loss(attention, masks, image_index, both), torch.tensor(expected))
+    only_first = torch.tensor([True, False])
+    expected_first = (per_pair[0] + per_pair[1]) / 2
+    torch.testing.assert_close(
+        external_supervision_loss(attention, masks, image_index, only_first), torch.tensor(expected_first)
+    )
+    none = external_supervision_loss(attention, masks, image_index, torch.tensor([False, False]))
+    assert none.item() == 0.0
+
+
+def test_class_scores_sigmoid_for_multi_label_softmax_for_single_label() -> None:
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, 3.0]])
+    classes = torch.tensor([2, 1])
+    torch.testing.assert_close(class_scores(logits, classes, True), torch.tensor([sigmoid(0.5), sigmoid(1.0)]))
+    expected = torch.tensor([math.exp(0.5) / sum(map(math.exp, (2.0, -1.0, 0.5))),
+                             math.exp(1.0) / sum(map(math.exp, (0.0, 1.0, 3.0)))])
+    torch.testing.assert_close(class_scores(logits, classes, False), expected)
+    # a common logit offset changes sigmoid scores but not the softmax ones
+    torch.testing.assert_close(class_scores(logits - 7, classes, False), expected)
+
+
+def test_classification_losses() -> None:
+    logits = torch.tensor([[2.0, -1.0], [0.0, 1.0]])
+    labels = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    expected = -(
+        math.log(sigmoid(2.0)) + math.log(1 - sigmoid(-1.0)) + math.log(sigmoid(0.0)) + math.log(sigmoid(1.0))
+    ) / 4
+    torch.testing.assert_close(classification_loss(logits, labels, True), torch.tensor(expected))
+    one_hot = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    torch.testing.assert_close(
+        classification_loss(logits, one_hot, False), torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1]))
+    )
+
+
+def test_boxes_to_masks() -> None:
+    boxes = torch.tensor([[2.0, 1.0, 5.0, 3.0], [0.0, 0.0, 1.0, 1.0], [4.5, 2.5, 6.0, 4.0]])
+    masks = boxes_to_masks(boxes, torch.tensor([1, 0, 1]), num_classes=3, size=(4, 6))
+    expected = torch.zeros(3, 4, 6)
+    expected[1, 1:3, 2:5] = 1  # integer box: columns 2-4, rows 1-2
+    expected[0, 0, 0] = 1
+    expected[1, 2:4, 4:6] = 1  # centres on the box edge (4.5 or 2.5) count as inside
+    assert torch.equal(masks, expected)
+    assert torch.equal(boxes_to_masks(torch.zeros(0, 4), torch.zeros(0), 2, (3, 3)), torch.zeros(2, 3, 3))
+    with pytest.raises(ValueError, match="degenerate box"):
+        boxes_to_masks(torch.tensor([[3.0, 0, 3, 2]]), torch.tensor([0]), 2, (4, 4))
+    with pytest.raises(ValueError, match="out of range"):
+        boxes_to_masks(torch.tensor([[0.0, 0, 3, 2]]), torch.tensor([2]), 2, (4, 4))
+
+
+def _gain(**options) -> tuple[GAIN, torch.nn.Module]:
+    torch.manual_seed(0)
+    model = build_classifier("small-cnn", 4, width=8)
+    return GAIN(model, probe_size=32, **options), model
+
+
+IMAGES = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+LABELS = torch.tensor([[1.0, 0, 1, 1], [0, 1, 0, 0], [1, 0, 0, 1]])  # 3 + 1 + 2 = 6 pairs
+
+
+def test_multi_label_image_with_n_labels_gives_n_erased_images() -> None:
+    gain, _ = _gain()
+    seen_batch_sizes: list[int] = []
+    gain.backbone.model.features.register_forward_hook(lambda _m, i, _o: seen_batch_sizes.append(i[0].shape[0]))
+    output = gain(IMAGES, LABELS)
+    assert seen_batch_sizes == [3, 6]  # clean pass, then one batched erased pass with 6 images
+    assert output.pairs.tolist() == [[0, 0], [0, 2], [0, 3], [1, 1], [2, 0], [2, 3]]
+    assert output.attention.shape == (6, 32, 32) and output.erased_scores.shape == (6,)
+    expected_am = attention_mining_loss(output.erased_scores, output.pairs[:, 0], 3)
+    torch.testing.assert_close(output.loss, output.loss_cl + expected_am)
+
+
+def _grads(gain: GAIN, model: torch.nn.Module, loss_name: str = "loss_am") -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    loss = getattr(gain(IMAGES, LABELS), loss_name)
+    if loss.requires_grad:  # with every route cut the loss is a constant
+        loss.backward()
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
+
+
+def _cut_mask_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = gain_module.soft_mask
+    monkeypatch.setattr(gain_module, "soft_mask", lambda a, s, o: original(a, s, o).detach())
+
+
+@pytest.mark.parametrize("am_gradient", ["all", "attention"])
+def test_am_gradient_reaches_backbone_through_attention_map(am_gradient: str, monkeypatch) -> None:
+    gain, model = _gain(am_gradient=am_gradient)
+    through_map = _grads(gain, model)
+    assert through_map["features.0.weight"].abs().sum() > 0
+    _cut_mask_path(monkeypatch)
+    cut = _grads(gain, model)
+    assert not torch.allclose(through_map["features.0.weight"], cut["features.0.weight"])
+    if am_gradient == "attention":
+        # no other route: the erased forward's parameters are constants
+        assert all(g.abs().sum() == 0 for g in cut.values())
+    else:
+        assert cut["fc.weight"].abs().sum() > 0  # the paper's route through the erased forward
+
+
+@pytest.mark.parametrize("erased_batchnorm", ["batch", "running"])
+def test_erased_forward_moves_no_batchnorm_statistic(erased_batchnorm: str) -> None:
+    gain, model = _gain(erased_batchnorm=erased_batchnorm)
+    reference = build_classifier("small-cnn", 4, width=8)
+    reference.load_state_dict(model.state_dict())
+    gain.train()
+    reference.train()
+    output = gain(IMAGES, LABELS)
+    output.loss.backward()  # the graph stays valid after the erased pass
+    reference(IMAGES)  # only the clean images
+    for (name, buffer), (_, expected) in zip(model.named_buffers(), reference.named_buffers()):
+        assert torch.equal(buffer, expected), name
+    assert all(m.training for m in model.modules())
+
+
+def test_erased_batchnorm_modes_normalise_differently() -> None:
+    scores = {}
+    for mode in ("batch", "running"):
+        gain, _ = _gain(erased_batchnorm=mode)
+        scores[mode] = gain(IMAGES, LABELS).erased_scores.detach()
+    assert not torch.allclose(scores["batch"], scores["running"])
+
+
+def test_external_supervision_only_on_supervised_images() -> None:
+    gain, _ = _gain(alpha=0.0)
+    masks = torch.rand(3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    supervised = torch.tensor([True, False, True])
+    output = gain(IMAGES, LABELS, masks, supervised)
+    changed = masks.clone()
+    changed[1] = 1 - changed[1]
+    again = gain(IMAGES, LABELS, changed, supervised)
+    torch.testing.assert_close(output.loss_e, again.loss_e)
+    pairs, attention = output.pairs, output.attention
+    targets = masks[pairs[:, 0], pairs[:, 1]]
+    per_pair = ((attention - targets) ** 2).mean(dim=(1, 2))
+    expected = (per_pair[:3].mean() + per_pair[4:].mean()) / 2  # images 0 and 2 only
+    torch.testing.assert_close(output.loss_e, expected)
+    torch.testing.assert_close(output.loss, output.loss_cl + 10.0 * expected)
+    assert output.erased_scores is None and output.loss_am.item() == 0.0
+
+
+def test_warm_up_and_cam_baseline_skip_attention() -> None:
+    gain, _ = _gain()
+    warm_up = gain(IMAGES, LABELS, mine=False)
+    assert warm_up.attention is None and torch.equal(warm_up.loss, warm_up.loss_cl)
+    assert gain(IMAGES).shape == (3, 4)
+
+
+def test_single_label_uses_cross_entropy_and_softmax_scores() -> None:
+    gain, _ = _gain(multi_label=False)
+    targets = torch.tensor([0, 3, 1])
+    output = gain(IMAGES, targets)
+    assert output.pairs.tolist() == [[0, 0], [1, 3], [2, 1]]
+    torch.testing.assert_close(output.loss_cl, torch.nn.functional.cross_entropy(output.scores, targets))
+    assert ((output.erased_scores > 0) & (output.erased_scores < 1)).all()
+
+
+def test_bad_shapes_raise_clear_errors() -> None:
+    gain, _ = _gain()
+    with pytest.raises(ValueError, match="labels shape"):
+        gain(IMAGES, torch.ones(3, 5))
+    with pytest.raises(ValueError, match="masks must be"):
+        gain(IMAGES, LABELS, torch.ones(3, 4, 16, 16))
+    with pytest.raises(ValueError, match="am_gradient"):
+        GAIN(build_classifier("small-cnn", 2, width=8), am_gradient="some")
