@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from gainet.evaluation.runner import evaluate_checkpoint
+    from gainet.runner import evaluate_checkpoint
 
     result = evaluate_checkpoint(
         args.checkpoint, splits=args.splits, data_root=args.data_root, output_dir=args.output,
@@ -95,7 +95,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from gainet.evaluation.runner import explain_images
+    from gainet.runner import explain_images
 
     written = explain_images(
         args.inputs, args.checkpoint, output_dir=args.output, classes=args.classes, top_k=args.top_k,

@@ -16,7 +16,7 @@ from gainet.training.config import TrainConfig
 DEMO_CONFIG = TrainConfig(
     dataset="parts",
     image_size=64,
-    dataset_options={"num_images": 1600},
+    train_images=1600,
     model="small-cnn",
     model_width=32,
     epochs=10,
@@ -51,11 +51,12 @@ def run_demo(
     threads: int | None = None,
     progress: bool = True,
     methods: list[str] | tuple[str, ...] | None = None,
-    dataset_options: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Train each method with the same budget, evaluate on the world's test split, write
     ``report.html`` (metrics table, training curves, overlays of the same images per method)
-    and print the table. Returns ``{"rows": [...], "report": path, "seconds": float}``."""
+    and print the table. ``overrides`` replace fields of the demo's :class:`TrainConfig` (quick runs).
+    Returns ``{"rows": [...], "report": path, "seconds": float}``."""
     from gainet.evaluation.report import markdown_table
     from gainet.training.trainer import train
 
@@ -66,8 +67,8 @@ def run_demo(
     rows: list[dict[str, Any]] = []
     for method in methods:
         config = demo_config(method, output_dir, epochs=epochs, seed=seed, threads=threads, progress=progress)
-        if dataset_options:
-            config = config.replace(dataset_options={**config.dataset_options, **dataset_options})
+        if overrides:
+            config = config.replace(**overrides)
         method_started = time.perf_counter()
         print(f"[demo] training {method} ({config.epochs} epochs, warm-up {config.warmup_epochs}) ...", flush=True)
         final = train(config)
@@ -118,7 +119,7 @@ def write_demo_report(output_dir: Path, methods: tuple[str, ...], rows: list[dic
     # overlays: the same test images, the first ground-truth class, every method
     config = TrainConfig.from_dict(load_checkpoint(output_dir / methods[0] / "last.pt")["config"])
     dataset = build_dataset(config.dataset, config.val_split, image_size=config.image_size,
-                            train_transforms=False, **config.dataset_options)
+                            train_transforms=False, num_images=num_images, **config.dataset_options)
     samples = [dataset[i] for i in range(num_images)]
     images = torch.stack([s["image"] for s in samples])
     classes = [int(s["labels"].nonzero()[0]) for s in samples]

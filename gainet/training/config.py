@@ -48,6 +48,8 @@ class TrainConfig:
     image_size: int = _option(64, "input side in pixels")
     dataset_options: dict = _option({}, "extra keyword options for the dataset (YAML mapping, or key=value,... on "
                                      "the command line), e.g. train_size=2000")
+    train_images: int | None = _option(None, "generated worlds: number of training images (default: the world's)")
+    val_images: int | None = _option(None, "generated worlds: number of validation images (default: the world's)")
     augment: bool | None = _option(None, "random resized crop, flip and colour jitter on training images "
                                    "(default: the dataset's choice: on for voc/folder, off for the generated worlds)")
     # model

@@ -14,6 +14,8 @@ from gainet.training.distributed import DistributedContext
 
 logger = logging.getLogger(__name__)
 
+GENERATED_WORLDS = ("parts", "bias")
+
 
 def supervision_candidates(dataset: Dataset, source: str) -> list[int]:
     """Indices of images that carry real ground truth of ``source`` ("masks" or "boxes")."""
@@ -61,13 +63,16 @@ class SupervisionView(Dataset):
 def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
     """Training set (with GAIN_ext's supervision view) and validation set."""
     options = dict(config.dataset_options)
+    sizes = {"train": config.train_images, "val": config.val_images}
+    if any(sizes.values()) and config.dataset not in GENERATED_WORLDS:
+        raise ValueError(f"train_images/val_images apply to the generated worlds, not to {config.dataset!r}")
     train = build_dataset(
         config.dataset, config.train_split, root=config.data_root, image_size=config.image_size,
-        train_transforms=config.augment, **options,
+        train_transforms=config.augment, **options, **({"num_images": sizes["train"]} if sizes["train"] else {}),
     )
     val = build_dataset(
         config.dataset, config.val_split, root=config.data_root, image_size=config.image_size,
-        train_transforms=False, **options,
+        train_transforms=False, **options, **({"num_images": sizes["val"]} if sizes["val"] else {}),
     )
     supervised: list[int] = []
     if config.method == "gain-ext":

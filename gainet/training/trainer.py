@@ -138,6 +138,8 @@ class Trainer:
             "epoch": epoch,
             "classes": list(self.train_set.classes),
             "multi_label": self.multi_label,
+            "mean": list(self.train_set.mean),
+            "std": list(self.train_set.std),
             "model": self.gain.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
