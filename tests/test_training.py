@@ -27,7 +27,7 @@ def tiny(tmp_path: Path, **changes) -> TrainConfig:
     return TrainConfig(**{**TINY, "output_dir": str(tmp_path / "run"), **changes})
 
 
-@pytest.mark.parametrize("method", ["cam", "gain", "gain-ext"])
+@pytest.mark.parametrize("method", ["cam", "gain", "gain-ext", "gain-adv"])
 def test_each_method_trains_evaluates_and_writes_its_files(tmp_path: Path, method: str) -> None:
     config = tiny(tmp_path, method=method, supervised_count=8, tensorboard=method == "gain")
     final = train(config)
@@ -41,6 +41,7 @@ def test_each_method_trains_evaluates_and_writes_its_files(tmp_path: Path, metho
     assert float(rows[0]["train/loss_am"]) == 0.0 and float(rows[0]["train/loss_e"]) == 0.0
     assert (float(rows[1]["train/loss_am"]) > 0) == (method != "cam")
     assert (float(rows[1]["train/loss_e"]) > 0) == (method == "gain-ext")
+    assert ("train/loss_adversary" in rows[0]) == (method == "gain-adv")
     val = final["val"]
     assert 0.0 <= val["mAP"] <= 1.0 and 0.0 <= val["cam_miou"] <= 1.0 and 0.0 <= val["coverage"] <= 1.0
     if method == "gain":
@@ -48,8 +49,9 @@ def test_each_method_trains_evaluates_and_writes_its_files(tmp_path: Path, metho
     assert json.loads((run / "final.json").read_text())["val"]["images"] == 16
 
 
-def test_resume_from_epoch_checkpoint_matches_uninterrupted_run(tmp_path: Path) -> None:
-    full = tiny(tmp_path, method="gain-ext", supervised_count=8, keep_epoch_checkpoints=True,
+@pytest.mark.parametrize("method", ["gain-ext", "gain-adv-ext"])
+def test_resume_from_epoch_checkpoint_matches_uninterrupted_run(tmp_path: Path, method: str) -> None:
+    full = tiny(tmp_path, method=method, supervised_count=8, keep_epoch_checkpoints=True,
                 output_dir=str(tmp_path / "full"))
     train(full)
     resumed = full.replace(output_dir=str(tmp_path / "resumed"), resume=str(tmp_path / "full" / "epoch-1.pt"),
@@ -61,6 +63,11 @@ def test_resume_from_epoch_checkpoint_matches_uninterrupted_run(tmp_path: Path) 
     for key, value in expected["model"].items():
         assert torch.equal(actual["model"][key], value), key
     assert [r["train/loss"] for r in actual["history"]] == [r["train/loss"] for r in expected["history"]]
+    if method == "gain-adv-ext":  # the adversary and its optimiser are restored too
+        assert any(k.startswith("adversary.") for k in expected["model"])
+        assert actual["adversary_optimizer"]["state"].keys() == expected["adversary_optimizer"]["state"].keys()
+        for index, value in expected["adversary_optimizer"]["state"].items():
+            assert torch.equal(actual["adversary_optimizer"]["state"][index]["exp_avg"], value["exp_avg"])
 
 
 def test_resume_auto_continues_last_checkpoint(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The GAIN method in plain PyTorch: no trainer, data or CLI imports, so it drops into any loop."""
 
+from gainet.core.adversarial import AdversarialGAIN
 from gainet.core.attention import (
     attention_maps,
     gradcam_weights,
@@ -26,6 +27,7 @@ from gainet.core.masking import boxes_to_masks, erase, soft_mask
 
 __all__ = [
     "GAIN",
+    "AdversarialGAIN",
     "GAINOutput",
     "AttentionBackbone",
     "attention_maps",

@@ -37,6 +37,10 @@ class GAINOutput:
         attention: ``(P, H, W)`` normalised maps in [0, 1], one per pair, part of the graph;
             ``None`` when no term needed them (plain classification, warm-up).
         erased_scores: ``(P,)`` bounded score of each pair's class on its erased image, or ``None``.
+        erased: ``(P, 3, H, W)`` the erased images I*^c (part of the graph), or ``None``.
+        loss_adversary: adversarial variant only: the adversary's own loss (see
+            :class:`~gainet.core.adversarial.AdversarialGAIN`); ``None`` otherwise.
+        loss_area: adversarial variant only: mean of the normalised maps (the regulariser).
     """
 
     loss: Tensor
@@ -47,6 +51,9 @@ class GAINOutput:
     pairs: Tensor
     attention: Tensor | None = None
     erased_scores: Tensor | None = None
+    erased: Tensor | None = None
+    loss_adversary: Tensor | None = None
+    loss_area: Tensor | None = None
 
 
 class GAIN(nn.Module):
@@ -239,7 +246,7 @@ class GAIN(nn.Module):
             return GAINOutput(loss_cl, loss_cl, zero, zero, scores, pairs)
 
         attention = self.pair_attention(scores, features, pairs, tuple(images.shape[-2:]))
-        loss_am, loss_e, erased_scores = zero, zero, None
+        loss_am, loss_e, erased_scores, erased = zero, zero, None, None
         if use_mining:
             erased = erase(images, soft_mask(attention, self.sigma, self.omega), image_index)
             erased_scores = self._erased_scores(erased, class_index)
@@ -251,4 +258,4 @@ class GAIN(nn.Module):
             loss_cl, loss_am if use_mining else zero, loss_e if use_masks else None,
             alpha=self.alpha, omega_e=self.omega_e,
         )
-        return GAINOutput(loss, loss_cl, loss_am, loss_e, scores, pairs, attention, erased_scores)
+        return GAINOutput(loss, loss_cl, loss_am, loss_e, scores, pairs, attention, erased_scores, erased)

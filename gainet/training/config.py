@@ -9,7 +9,10 @@ from typing import Any
 
 import yaml
 
-METHODS = ("cam", "gain", "gain-ext")
+METHODS = ("cam", "gain", "gain-ext", "gain-adv", "gain-adv-ext")
+# Methods whose L_e sees masks/boxes, and methods with a separate adversary scoring erased images.
+SUPERVISED_METHODS = ("gain-ext", "gain-adv-ext")
+ADVERSARIAL_METHODS = ("gain-adv", "gain-adv-ext")
 
 
 def _option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -23,8 +26,9 @@ class TrainConfig:
     """Everything one training run depends on (saved in every checkpoint)."""
 
     # method
-    method: str = _option("gain", "cam (plain classifier, Grad-CAM baseline), gain (L_self = L_cl + alpha L_am) "
-                          "or gain-ext (L_ext = L_self + omega_e L_e with masks/boxes on a few images)",
+    method: str = _option("gain", "cam (plain classifier, Grad-CAM baseline), gain (L_self = L_cl + alpha L_am), "
+                          "gain-ext (L_ext = L_self + omega_e L_e with masks/boxes on a few images), gain-adv "
+                          "(L_am scored by a separately trained adversary) or gain-adv-ext (gain-adv + L_e)",
                           choices=METHODS)
     supervision: str = _option("masks", "gain-ext: what H^c is made of, pixel masks or boxes", choices=("masks", "boxes"))
     supervised_fraction: float = _option(0.05, "gain-ext: share of training images whose masks/boxes L_e may see")
@@ -39,6 +43,7 @@ class TrainConfig:
     erased_batchnorm: str = _option("batch", "BatchNorm on erased images: batch statistics (running ones untouched) "
                                     "or the running statistics", choices=("batch", "running"))
     weights_grad: bool = _option(False, "let losses differentiate through the Grad-CAM weights w^c (second order)")
+    area_weight: float = _option(0.0, "gain-adv: weight of the mean-attention regulariser against background spread")
     warmup_epochs: int = _option(2, "classification-only epochs before attention mining starts")
     # data
     dataset: str = _option("parts", "parts, bias (built-in worlds), voc or folder")

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
 from gainet.data import build_dataset
-from gainet.training.config import TrainConfig
+from gainet.training.config import SUPERVISED_METHODS, TrainConfig
 from gainet.training.distributed import DistributedContext
 
 logger = logging.getLogger(__name__)
@@ -75,11 +75,11 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
         train_transforms=False, **options, **({"num_images": sizes["val"]} if sizes["val"] else {}),
     )
     supervised: list[int] = []
-    if config.method == "gain-ext":
+    if config.method in SUPERVISED_METHODS:
         supervised = choose_supervised(
             train, config.supervision, config.supervised_fraction, config.supervised_count, config.seed
         )
-        logger.info("gain-ext: %d of %d training images carry %s", len(supervised), len(train), config.supervision)
+        logger.info("%s: %d of %d training images carry %s", config.method, len(supervised), len(train), config.supervision)
     return SupervisionView(train, supervised, config.supervision), val
 
 

@@ -19,11 +19,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from gainet.core import GAIN
+from gainet.core import GAIN, AdversarialGAIN
 from gainet.evaluation.evaluate import evaluate_gain
 from gainet.models import build_classifier
 from gainet.training.checkpoint import load_checkpoint, save_atomic
-from gainet.training.config import TrainConfig
+from gainet.training.config import ADVERSARIAL_METHODS, SUPERVISED_METHODS, TrainConfig
 from gainet.training.data import build_datasets, epoch_loader, eval_loader
 from gainet.training.distributed import DistributedContext
 
@@ -51,12 +51,14 @@ def build_gain(config: TrainConfig, num_classes: int, multi_label: bool) -> GAIN
     if config.pretrained:
         pretrained = True if config.pretrained in ("imagenet", "true", "True") else config.pretrained
     model = build_classifier(config.model, num_classes, pretrained=pretrained, width=config.model_width)
-    return GAIN(
-        model, config.attention_layer, multi_label=multi_label, sigma=config.sigma, omega=config.omega,
-        alpha=config.alpha, omega_e=config.omega_e, am_gradient=config.am_gradient,  # type: ignore[arg-type]
-        erased_batchnorm=config.erased_batchnorm, weights_grad=config.weights_grad,  # type: ignore[arg-type]
-        probe_size=config.image_size,
+    options: dict[str, Any] = dict(
+        multi_label=multi_label, sigma=config.sigma, omega=config.omega, alpha=config.alpha,
+        omega_e=config.omega_e, am_gradient=config.am_gradient, erased_batchnorm=config.erased_batchnorm,
+        weights_grad=config.weights_grad, probe_size=config.image_size,
     )
+    if config.method in ADVERSARIAL_METHODS:
+        return AdversarialGAIN(model, config.attention_layer, area_weight=config.area_weight, **options)
+    return GAIN(model, config.attention_layer, **options)
 
 
 def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -115,8 +117,16 @@ class Trainer:
             DistributedDataParallel(self.gain, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.context.enabled else self.gain
         )
-        self.optimizer = build_optimizer(config, [p for p in self.gain.parameters() if p.requires_grad])
+        self.adversarial = isinstance(self.gain, AdversarialGAIN)
+        attention_parameters = self.gain.attention_parameters() if self.adversarial else list(self.gain.parameters())
+        self.optimizer = build_optimizer(config, [p for p in attention_parameters if p.requires_grad])
         self.scheduler = build_scheduler(config, self.optimizer)
+        # The adversary has its own optimiser and schedule (same settings), stepped on its own loss.
+        self.adversary_optimizer = (
+            build_optimizer(config, [p for p in self.gain.adversary.parameters() if p.requires_grad])
+            if self.adversarial else None
+        )
+        self.adversary_scheduler = build_scheduler(config, self.adversary_optimizer) if self.adversary_optimizer else None
         self.amp_dtype = _amp_dtype(config, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_epoch = 0
@@ -144,6 +154,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "adversary_optimizer": self.adversary_optimizer.state_dict() if self.adversary_optimizer else None,
+            "adversary_scheduler": self.adversary_scheduler.state_dict() if self.adversary_scheduler else None,
             "best_score": self.best_score,
             "history": self.history,
             "rng": {
@@ -163,6 +175,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.adversary_optimizer is not None:
+            if state.get("adversary_optimizer") is None:
+                raise ValueError(f"{path}: checkpoint has no adversary optimiser state (method {state['config']['method']})")
+            self.adversary_optimizer.load_state_dict(state["adversary_optimizer"])
+            self.adversary_scheduler.load_state_dict(state["adversary_scheduler"])
         self.best_score = state["best_score"]
         self.history = list(state["history"])
         self.start_epoch = int(state["epoch"])
@@ -190,7 +207,7 @@ class Trainer:
         torch.manual_seed(config.seed * 100_003 + epoch * 1_009 + self.context.rank)
         self.module.train()
         mine = config.method != "cam" and epoch >= config.warmup_epochs
-        use_masks = config.method == "gain-ext" and epoch >= config.warmup_epochs
+        use_masks = config.method in SUPERVISED_METHODS and epoch >= config.warmup_epochs
         loader = epoch_loader(self.train_set, config, epoch, self.context, pin_memory=self.device.type == "cuda")
         sums: dict[str, float] = {}
         steps = 0
@@ -208,21 +225,31 @@ class Trainer:
             with self._autocast():
                 output = self.module(images, labels, masks, supervised, mine=mine)
             loss = output.loss.float()
-            if not torch.isfinite(loss):
+            total = loss if output.loss_adversary is None else loss + output.loss_adversary.float()
+            if not torch.isfinite(total):
                 raise FloatingPointError(
                     f"non-finite loss at epoch {epoch + 1} step {steps + 1}: L_cl={output.loss_cl.item():.4g} "
                     f"L_am={output.loss_am.item():.4g} L_e={output.loss_e.item():.4g} (lower lr or check the data)"
                 )
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            optimizers = [o for o in (self.optimizer, self.adversary_optimizer) if o is not None]
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            # The adversary's loss touches only its own parameters: one backward fills both.
+            self.scaler.scale(total).backward()
             if config.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.gain.parameters(), config.grad_clip)
-            self.scaler.step(self.optimizer)
+                for optimizer in optimizers:
+                    self.scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for group in optimizer.param_groups for p in group["params"]], config.grad_clip)
+            for optimizer in optimizers:
+                self.scaler.step(optimizer)
             self.scaler.update()
             steps += 1
             values = {"loss": loss.item(), "loss_cl": output.loss_cl.item(), "loss_am": output.loss_am.item(),
                       "loss_e": output.loss_e.item()}
+            if output.loss_adversary is not None:
+                values["loss_adversary"] = output.loss_adversary.item()
+                values["loss_area"] = output.loss_area.item()
             for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + value
             bar.set_postfix(loss=f"{values['loss']:.3f}", am=f"{values['loss_am']:.3f}")
@@ -280,6 +307,8 @@ class Trainer:
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             row.update(self.train_epoch(epoch))
             self.scheduler.step()
+            if self.adversary_scheduler is not None:
+                self.adversary_scheduler.step()
             row["train/seconds"] = time.perf_counter() - started
             last = epoch + 1 == config.epochs
             is_best = False

@@ -1,0 +1,108 @@
+"""Adversarial attention mining: a separate classifier scores the erased images.
+
+Stammes et al., "Find it if you can: end-to-end adversarial erasing for weakly-supervised
+semantic segmentation" (arXiv 2011.04626) replace GAIN's shared S_am stream by an adversary.
+A shared network can lower L_am by learning to give erased images low scores instead of by
+widening its attention (METHOD.md, pitfalls); an adversary that is itself *trained to find*
+whatever class evidence the mask left cannot be fooled that way.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from gainet.core.backbone import batchnorm_in_eval_mode, batchnorm_with_batch_stats_only
+from gainet.core.gain import GAIN, GAINOutput
+from gainet.core.losses import class_scores, classification_loss
+
+
+class AdversarialGAIN(GAIN):
+    """GAIN whose attention-mining score comes from a separately trained adversary.
+
+    Streams:
+        - the attention network (the wrapped ``model``) is trained with
+          ``L_cl + alpha * L_am + omega_e * L_e + area_weight * L_area``, where L_am is the
+          adversary's bounded score (sigmoid, or softmax probability for single-label) of class
+          ``c`` on the erased image ``I*^c``. Its gradient reaches the attention network only
+          through the soft mask: the adversary's parameters are constants in that pass, and its
+          BatchNorm running statistics do not move (``erased_batchnorm`` as in :class:`GAIN`).
+          ``L_area`` is the mean of the normalised attention maps, a regulariser against
+          attention spreading into the background.
+        - the adversary is trained (``loss_adversary``, to be minimised by its own optimiser)
+          with its classification loss on the clean images and on the erased images, masks
+          detached, against each image's *full* label set: it learns to find whatever evidence
+          the mask left. During the warm-up (``mine=False``) it trains on clean images only.
+
+    The two losses touch disjoint parameters, so ``(out.loss + out.loss_adversary).backward()``
+    fills both networks' gradients in one pass; step each optimiser on its own parameters.
+
+    Args:
+        model: the attention network's classifier.
+        attention_layer: as in :class:`GAIN`.
+        adversary: any classifier with the same classes; default: a copy of ``model`` taken
+            before training (same architecture, same initial or pretrained weights).
+        area_weight: weight of ``L_area`` (0 disables it).
+        gain_options: the other :class:`GAIN` options. ``am_gradient`` does not apply (L_am
+            always reaches the attention network only through the mask).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        attention_layer: str | nn.Module | None = None,
+        *,
+        adversary: nn.Module | None = None,
+        area_weight: float = 0.0,
+        **gain_options,
+    ) -> None:
+        # Copy before GAIN registers its hook on the model, so the copy carries no hook.
+        adversary = copy.deepcopy(model) if adversary is None else adversary
+        super().__init__(model, attention_layer, **gain_options)
+        self.adversary = adversary
+        self.area_weight = area_weight
+
+    def attention_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the attention network (everything but the adversary)."""
+        adversary = {id(p) for p in self.adversary.parameters()}
+        return [p for p in self.parameters() if id(p) not in adversary]
+
+    def _erased_scores(self, erased: Tensor, class_index: Tensor) -> Tensor:
+        batchnorm = batchnorm_in_eval_mode if self.erased_batchnorm == "running" else batchnorm_with_batch_stats_only
+        constants = {name: p.detach() for name, p in self.adversary.named_parameters()}
+        with batchnorm(self.adversary):
+            scores = functional_call(self.adversary, constants, (erased,))
+        return class_scores(scores, class_index, self.multi_label)
+
+    def forward(
+        self,
+        images: Tensor,
+        labels: Tensor | None = None,
+        masks: Tensor | None = None,
+        supervised: Tensor | None = None,
+        *,
+        mine: bool = True,
+    ) -> Tensor | GAINOutput:
+        """As :meth:`GAIN.forward`, plus ``loss_adversary`` and ``loss_area`` in the output."""
+        output = super().forward(images, labels, masks, supervised, mine=mine)
+        if labels is None:
+            return output
+        assert isinstance(output, GAINOutput)
+        targets = output.scores.new_zeros(output.scores.shape)
+        targets[output.pairs[:, 0], output.pairs[:, 1]] = 1.0
+        adversary_inputs = images
+        adversary_targets = targets
+        if output.erased is not None:
+            # Masks detached: the adversary learns to read the erased images, not to move the masks.
+            adversary_inputs = torch.cat([images, output.erased.detach()])
+            adversary_targets = torch.cat([targets, targets[output.pairs[:, 0]]])
+        adversary_scores = self.adversary(adversary_inputs)
+        output.loss_adversary = classification_loss(adversary_scores, adversary_targets, self.multi_label)
+        output.loss_area = output.loss_cl.new_zeros(())
+        if mine and self.area_weight > 0 and output.attention is not None:
+            output.loss_area = output.attention.mean()
+            output.loss = output.loss + self.area_weight * output.loss_area
+        return output
