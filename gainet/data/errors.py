@@ -10,7 +10,12 @@ OnError = Literal["raise", "skip"]
 class DataError(ValueError):
     """Bad input data: the message is one line naming the file and the problem."""
 
-    def __init__(self, file: object, problem: str) -> None:
+    def __init__(self, file: object, problem: str | None = None) -> None:
+        if problem is None:
+            # Rebuilt from its message alone: unpickling, or a DataLoader worker re-raising it.
+            self.file, self.problem = "", str(file)
+            super().__init__(str(file))
+            return
         self.file = str(file)
         self.problem = " ".join(str(problem).split())  # keep the message on one line
         super().__init__(f"{self.file}: {self.problem}")

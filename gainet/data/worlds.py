@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -64,7 +66,7 @@ class World(Dataset):
     """
 
     name: str = ""
-    splits: dict[str, int] = {}
+    splits: Mapping[str, int] = MappingProxyType({})
     multi_label: bool = True
 
     def __init__(
@@ -113,6 +115,17 @@ class World(Dataset):
         mean = tuple(round(float(m), 4) for m in pixels.mean(axis=0))
         std = tuple(round(max(float(s), 1e-3), 4) for s in pixels.std(axis=0))
         return mean, std  # type: ignore[return-value]
+
+    def prerender(self) -> None:
+        """Render every item into the cache now.
+
+        DataLoader workers each fill their own copy of the cache and lose it when they exit;
+        rendering in the main process first lets forked workers share one copy.
+        """
+        if self._cache is None:
+            raise ValueError("prerender() needs cache=True")
+        for index in range(self.num_images):
+            self.rendered(index)
 
     def rendered(self, index: int) -> Rendered:
         """The raw generated arrays of item ``index`` (native size, before transforms)."""
@@ -194,7 +207,7 @@ class PartsWorld(World):
     """
 
     name = "parts"
-    splits = {"train": 2000, "val": 300, "test": 500}
+    splits = MappingProxyType({"train": 2000, "val": 300, "test": 500})
     multi_label = True
 
     def __init__(
@@ -346,7 +359,9 @@ class BiasWorld(World):
     """
 
     name = "bias"
-    splits = {"train": 2000, "val": 300, "test_biased": 500, "test_decorrelated": 500, "train_unbiased": 2000}
+    splits = MappingProxyType(
+        {"train": 2000, "val": 300, "test_biased": 500, "test_decorrelated": 500, "train_unbiased": 2000}
+    )
     biased_splits = ("train", "val", "test_biased")
     multi_label = False
 

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from gainet.data import build_dataset
 from gainet.training.config import SUPERVISED_METHODS, TrainConfig
@@ -74,6 +74,9 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
         config.dataset, config.val_split, root=config.data_root, image_size=config.image_size,
         train_transforms=False, **options, **({"num_images": sizes["val"]} if sizes["val"] else {}),
     )
+    prerender = getattr(train, "prerender", None)
+    if config.num_workers > 0 and callable(prerender):
+        prerender()  # generated worlds: forked workers then share one in-memory cache
     supervised: list[int] = []
     if config.method in SUPERVISED_METHODS:
         supervised = choose_supervised(
@@ -86,15 +89,29 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
 def epoch_loader(
     dataset: Dataset, config: TrainConfig, epoch: int, context: DistributedContext, pin_memory: bool
 ) -> DataLoader:
-    """The training loader of one epoch. Its order and worker seeds depend only on (seed, epoch),
-    so a run resumed at an epoch boundary sees exactly the batches of an uninterrupted one."""
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    if context.enabled:
-        sampler = DistributedSampler(dataset, context.world_size, context.rank, shuffle=True, seed=config.seed)
-        sampler.set_epoch(epoch)
-    else:
-        sampler = RandomSampler(dataset, generator=generator)
-    per_process = max(1, config.batch_size // context.world_size)
+    """The training loader of one epoch (of this process's share of it under DDP).
+
+    Order: one global permutation per ``(seed, epoch)``, the same whatever the number of
+    processes. Every process uses a :class:`DistributedSampler` with ``num_replicas = world_size``
+    (a single process is ``world_size = 1``): rank ``r`` takes positions ``r, r + W, r + 2W, ...``
+    of the permutation, so step ``k``'s per-rank batches of ``B / W`` images together are exactly
+    the global block ``[kB, (k + 1)B)`` that a single process sees at step ``k``. ``drop_last`` on
+    both sampler and loader gives every rank ``floor(n / B)`` steps, like one process.
+    A run resumed at an epoch boundary sees exactly the batches of an uninterrupted one.
+
+    Worker seeds come from a generator seeded by ``(seed, epoch, rank)``: rank 0 matches a single
+    process, other ranks draw independent augmentation.
+    """
+    world_size = context.world_size
+    if config.batch_size % world_size:
+        logger.warning("batch_size %d is not a multiple of the %d processes: each takes %d images, %d per step",
+                       config.batch_size, world_size, max(1, config.batch_size // world_size),
+                       world_size * max(1, config.batch_size // world_size))
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=context.rank, shuffle=True,
+                                 seed=config.seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch + (context.rank << 40))
+    per_process = max(1, config.batch_size // world_size)
     return DataLoader(
         dataset, batch_size=per_process, sampler=sampler, num_workers=config.num_workers,
         drop_last=True, generator=generator, pin_memory=pin_memory, persistent_workers=False,

@@ -1,0 +1,208 @@
+"""Shared machinery of the file-backed datasets (VOC and folder): records, lazy loading,
+validation and the skip policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from . import readers
+from .errors import DataError, SkipLog
+from .sample import build_sample, multi_hot
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, JointTransform
+
+
+@dataclass(frozen=True)
+class Record:
+    """Where one item's data lives; nothing is decoded until the item is loaded.
+
+    labels: 0-based class ids from a labels file, or None to derive them from the mask
+    (else from the boxes). mask: class-index image (PNG, or SBD ``.mat``). annotation: VOC
+    XML with boxes. boxes: inline boxes ((class id, XYXY), ...) read from ``boxes_source``.
+    """
+
+    image_id: str
+    image: Path
+    labels: tuple[int, ...] | None = None
+    mask: Path | None = None
+    annotation: Path | None = None
+    boxes: tuple[tuple[int, tuple[float, float, float, float]], ...] | None = None
+    boxes_source: str | None = None
+
+
+@dataclass(frozen=True)
+class RawItem:
+    """A decoded, validated item before transforms.
+
+    image: uint8 (H, W, 3); segmentation: int64 (H, W) or None; boxes: float32 (N, 4) XYXY
+    clamped to the image; box_labels: int64 (N,) 0-based; labels: sorted 0-based ids.
+    """
+
+    image: np.ndarray
+    segmentation: np.ndarray | None
+    boxes: np.ndarray
+    box_labels: np.ndarray
+    labels: tuple[int, ...]
+
+
+class FileDataset(Dataset):
+    """Base of the datasets read from files: subclasses build ``Record`` lists.
+
+    Construction checks what is cheap (files listed exist, labels parse); ``validate=True``
+    also decodes every image, mask and annotation. Problems raise ``DataError``, or with
+    ``on_error="skip"`` drop the item and are listed in ``self.skipped`` as (file, reason).
+    Errors found later, while loading an item, always raise ``DataError``.
+    """
+
+    multi_label = True
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        *,
+        image_size: int = 224,
+        train_transforms: bool = False,
+        augment: dict | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        on_error: str = "raise",
+        validate: bool = False,
+    ) -> None:
+        self.classes = list(classes)
+        self._class_index = {name: i for i, name in enumerate(self.classes)}
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.transform = JointTransform(image_size, train=train_transforms, mean=self.mean, std=self.std, **(augment or {}))
+        self.validate = bool(validate)
+        self._log = SkipLog(on_error)
+        self.records: list[Record] = []
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(file, reason) of every item dropped under ``on_error="skip"``."""
+        return self._log.skipped
+
+    def _set_records(self, records: list[Record], source: str | Path) -> None:
+        """Check (and with ``validate`` decode) each record; keep the good ones."""
+        kept = []
+        for record in records:
+            try:
+                readers.require_file(record.image, "image file")
+                if self.validate:
+                    self.load_raw(record)
+            except DataError as err:
+                self._log.handle(err)
+            else:
+                kept.append(record)
+        if not kept:
+            detail = f"; {len(self.skipped)} skipped, first: {self.skipped[0][0]}: {self.skipped[0][1]}" if self.skipped else ""
+            raise DataError(source, f"no usable images{detail}")
+        self.records = kept
+
+    # -- loading ---------------------------------------------------------------------------
+    def class_id(self, name: str, file: str | Path) -> int:
+        """0-based id of class ``name``; ``DataError`` naming ``file`` when unknown."""
+        try:
+            return self._class_index[name]
+        except KeyError:
+            raise DataError(file, f"unknown class {name!r}") from None
+
+    def read_segmentation(self, record: Record) -> np.ndarray:
+        """int64 (H, W) class-index map of ``record.mask``."""
+        return readers.read_index_mask(record.mask)
+
+    def read_image(self, record: Record) -> np.ndarray:
+        """uint8 (H, W, 3) RGB of ``record.image``."""
+        return readers.read_rgb(record.image)
+
+    def read_boxes(self, record: Record, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Validated boxes float32 (N, 4) XYXY clamped to the image, and labels int64 (N,)."""
+        if record.annotation is not None:
+            objects = readers.read_voc_xml(record.annotation)
+            pairs = [(self.class_id(name, record.annotation), box) for name, box in objects]
+            where: str | Path = record.annotation
+        elif record.boxes is not None:
+            pairs = list(record.boxes)
+            where = f"{record.boxes_source} (image {record.image.name})"
+        else:
+            pairs = []
+            where = record.image
+        boxes = np.asarray([box for _, box in pairs], dtype=np.float32).reshape(-1, 4)
+        labels = np.asarray([label for label, _ in pairs], dtype=np.int64)
+        return readers.check_boxes(boxes, image_hw, where), labels
+
+    def load_raw(self, record: Record) -> RawItem:
+        """Decode and validate one record (no transform)."""
+        image = self.read_image(record)
+        image_hw = image.shape[:2]
+        segmentation = None
+        if record.mask is not None:
+            segmentation = self.read_segmentation(record)
+            readers.check_segmentation(segmentation, len(self.classes), image_hw, record.mask)
+        boxes, box_labels = self.read_boxes(record, image_hw)
+        if record.labels is not None:
+            labels = tuple(sorted(set(record.labels)))
+            source = record.image
+        elif segmentation is not None:
+            present = np.unique(segmentation)
+            labels = tuple(int(v) - 1 for v in present if 0 < v <= len(self.classes))
+            source = record.mask
+        else:
+            labels = tuple(sorted({int(v) for v in box_labels}))
+            source = record.annotation or record.image
+        if not labels:
+            raise DataError(source, "empty label set (no foreground class)")
+        return RawItem(image, segmentation, boxes, box_labels, labels)
+
+    # -- Dataset API -----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        index = index % len(self.records)
+        raw = self.load_raw(record)
+        return build_sample(
+            image=raw.image,
+            segmentation=raw.segmentation,
+            boxes=raw.boxes,
+            box_labels=raw.box_labels,
+            labels=multi_hot(list(raw.labels), len(self.classes)),
+            has_masks=raw.segmentation is not None,
+            has_boxes=len(raw.boxes) > 0,
+            index=index,
+            transform=self.transform,
+        )
+
+    def image_id(self, index: int) -> str:
+        """The item's file stem (path relative to the image folder, without extension)."""
+        return self.records[index].image_id
+
+    def boxes(self, index: int) -> tuple[Tensor, Tensor]:
+        """(boxes float32 (N, 4) XYXY pixels, labels int64 (N,) 0-based) in the eval geometry
+        of ``self.transform`` (the sample's geometry unless ``train_transforms``)."""
+        record = self.records[index]
+        image_hw = readers.image_size(record.image)
+        boxes, labels = self.read_boxes(record, image_hw)
+        tv_boxes = tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=image_hw)
+        out, keep = self.transform.eval_geometry(tv_boxes)
+        return out, torch.from_numpy(labels)[keep]
+
+    def has_masks_at(self, index: int) -> bool:
+        """Whether item ``index`` has a mask file (its sample's ``has_masks``), without decoding."""
+        return self.records[index].mask is not None
+
+    def has_boxes_at(self, index: int) -> bool:
+        """Whether item ``index`` has a box source (XML or inline boxes), without decoding."""
+        record = self.records[index]
+        return record.annotation is not None or bool(record.boxes)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n={len(self)}, classes={len(self.classes)}, skipped={len(self.skipped)})"

@@ -1,0 +1,213 @@
+"""Bad input: one-line DataError naming the file, or skipped and counted under on_error="skip"."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gainet.data import DataError, FolderDataset, VOCDataset, build_dataset
+
+from conftest import save_image, save_index_png, write_lines, write_voc_xml
+
+
+def _one_line(err: pytest.ExceptionInfo, *fragments: str) -> None:
+    message = str(err.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def _folder(root: Path, rows: str, classes=("cat", "dog")) -> Path:
+    write_lines(root / "classes.txt", list(classes))
+    for name in ("a", "b", "c"):
+        save_image(root / "images" / f"{name}.png", 20, 30, seed=ord(name))
+    (root / "labels.csv").write_text("image,labels\n" + rows)
+    return root
+
+
+def test_data_error_is_a_value_error_with_file_and_problem():
+    err = DataError("x/y.png", "cannot read\n image")
+    assert isinstance(err, ValueError) and str(err) == "x/y.png: cannot read image"
+    assert err.file == "x/y.png" and err.problem == "cannot read image"
+
+
+@pytest.mark.parametrize("payload", [b"not an image at all", "truncated"])
+def test_corrupt_image_raises_on_load_and_is_skipped_when_validated(tmp_path, payload):
+    root = _folder(tmp_path / "d", "a.png,cat\nb.png,dog\nc.png,cat\n")
+    bad = root / "images" / "b.png"
+    if payload == "truncated":
+        bad.write_bytes(bad.read_bytes()[:60])
+    else:
+        bad.write_bytes(payload)
+    lazy = FolderDataset(root, image_size=16)
+    assert len(lazy) == 3
+    with pytest.raises(DataError) as err:
+        lazy[1]
+    _one_line(err, str(bad), "cannot read image")
+    with pytest.raises(DataError) as err:
+        FolderDataset(root, validate=True)
+    _one_line(err, str(bad))
+    skipping = FolderDataset(root, validate=True, on_error="skip", image_size=16)
+    assert len(skipping) == 2 and [s[0] for s in skipping.skipped] == [str(bad)]
+    assert "cannot read image" in skipping.skipped[0][1]
+    skipping[1]  # the remaining items load
+
+
+def test_mask_of_wrong_size(tmp_path):
+    root = _folder(tmp_path / "d", "a.png,cat\nb.png,dog\n")
+    save_index_png(root / "masks" / "a.png", np.ones((10, 10), np.uint8))
+    with pytest.raises(DataError) as err:
+        FolderDataset(root)[0]
+    _one_line(err, str(root / "masks" / "a.png"), "mask is 10x10 but its image is 30x20")
+    data = FolderDataset(root, validate=True, on_error="skip")
+    assert len(data) == 1 and len(data.skipped) == 1
+
+
+def test_mask_with_unknown_class_id_and_rgb_mask(tmp_path):
+    root = _folder(tmp_path / "d", "a.png,cat\nb.png,dog\nc.png,cat\n")
+    seg = np.zeros((20, 30), np.uint8)
+    seg[2:5, 2:5] = 9
+    save_index_png(root / "masks" / "a.png", seg)
+    with pytest.raises(DataError) as err:
+        FolderDataset(root, validate=True)
+    _one_line(err, "a.png", "unknown class id(s) 9", "valid: 1..2")
+    save_image(root / "masks" / "b.png", 20, 30)  # an RGB image is no index mask
+    data = FolderDataset(root, validate=True, on_error="skip")
+    assert len(data) == 1 and len(data.skipped) == 2
+    assert "palette or grayscale" in data.skipped[1][1]
+    (root / "labels.csv").write_text("image,labels\na.png,cat\nb.png,dog\n")
+    with pytest.raises(DataError) as err:
+        FolderDataset(root, validate=True, on_error="skip")
+    _one_line(err, "labels.csv", "no usable images; 2 skipped")
+
+
+def test_unknown_class_name_in_labels_file(tmp_path):
+    root = _folder(tmp_path / "d", "a.png,cat\nb.png,horse\nc.png,3\n")
+    with pytest.raises(DataError) as err:
+        FolderDataset(root)
+    _one_line(err, str(root / "labels.csv"), "image b.png: unknown class 'horse'")
+    data = FolderDataset(root, on_error="skip")
+    assert len(data) == 1 and len(data.skipped) == 2
+    assert "unknown class '3'" in data.skipped[1][1]  # id 3 is past classes.txt's 2 lines
+
+
+def test_empty_label_set(tmp_path):
+    root = _folder(tmp_path / "d", "a.png,cat\nb.png,\n")
+    with pytest.raises(DataError) as err:
+        FolderDataset(root)
+    _one_line(err, "labels.csv", "image b.png: empty label set")
+    # A VOC mask with only background / void has no label either.
+    voc = tmp_path / "voc"
+    save_image(voc / "JPEGImages" / "e.jpg", 20, 20)
+    seg = np.zeros((20, 20), np.uint8)
+    seg[0] = 255
+    save_index_png(voc / "SegmentationClass" / "e.png", seg)
+    write_lines(voc / "ImageSets" / "Segmentation" / "val.txt", ["e"])
+    with pytest.raises(DataError) as err:
+        VOCDataset(voc, "val")[0]
+    _one_line(err, str(voc / "SegmentationClass" / "e.png"), "empty label set")
+
+
+@pytest.mark.parametrize(
+    "box, problem",
+    [((5, 5, 60, 15), "lies outside the 30x20 image"), ((10, 5, 9, 15), "is degenerate"), ((40, 5, 50, 15), "outside")],
+)
+def test_bad_boxes_in_xml(tmp_path, box, problem):
+    root = _folder(tmp_path / "d", "a.png,cat\nb.png,dog\n")
+    write_voc_xml(root / "boxes" / "a.xml", 30, 20, [("cat", box)])
+    with pytest.raises(DataError) as err:
+        FolderDataset(root)[0]
+    _one_line(err, str(root / "boxes" / "a.xml"), problem)
+    data = FolderDataset(root, validate=True, on_error="skip")
+    assert [Path(f).name for f, _ in data.skipped] == ["a.xml"]
+
+
+def test_bad_boxes_in_coco_and_unknown_category(tmp_path):
+    root = _folder(tmp_path / "d", "a.png,cat\nb.png,dog\n")
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "unicorn"}],
+        "annotations": [
+            {"image_id": 1, "category_id": 1, "bbox": [-5, 0, 10, 10]},
+            {"image_id": 2, "category_id": 2, "bbox": [0, 0, 5, 5]},
+        ],
+    }
+    (root / "boxes.json").write_text(json.dumps(coco))
+    with pytest.raises(DataError) as err:
+        FolderDataset(root)
+    _one_line(err, str(root / "boxes.json"), "unknown class 'unicorn'")
+    data = FolderDataset(root, on_error="skip")
+    assert len(data) == 1
+    with pytest.raises(DataError) as err:
+        data[0]
+    _one_line(err, "boxes.json (image a.png)", "lies outside")
+
+
+def test_unknown_class_in_voc_xml(voc_tree):
+    root, _ = voc_tree
+    write_voc_xml(root / "Annotations" / "img_c.xml", 64, 64, [("spaceship", (1, 1, 5, 5))])
+    data = VOCDataset(root, "train", image_set="main")
+    with pytest.raises(DataError) as err:
+        data[2]
+    _one_line(err, str(root / "Annotations" / "img_c.xml"), "unknown class 'spaceship'")
+
+
+def test_missing_files_listed_in_splits(voc_tree, tmp_path):
+    root, _ = voc_tree
+    write_lines(root / "ImageSets" / "Segmentation" / "train.txt", ["img_a", "ghost", "img_b"])
+    with pytest.raises(DataError) as err:
+        VOCDataset(root, "train")
+    _one_line(err, str(root / "JPEGImages" / "ghost.jpg"), "listed in", "train.txt", "not found")
+    data = VOCDataset(root, "train", on_error="skip")
+    assert len(data) == 2 and data.skipped[0][0] == str(root / "JPEGImages" / "ghost.jpg")
+    folder = _folder(tmp_path / "d", "a.png,cat\nzz.png,dog\n")
+    with pytest.raises(DataError) as err:
+        FolderDataset(folder)
+    _one_line(err, str(folder / "images" / "zz.png"), "listed in labels.csv but not found")
+    write_lines(folder / "splits" / "train.txt", ["a", "nobody"])
+    data = FolderDataset(folder, "train", on_error="skip")
+    assert len(data) == 1 and "lists 'nobody'" in data.skipped[0][1]
+
+
+def test_corrupt_xml_and_missing_split_file(voc_tree):
+    root, _ = voc_tree
+    (root / "Annotations" / "img_c.xml").write_text("<annotation><object>")
+    data = VOCDataset(root, "train", image_set="main", validate=True, on_error="skip")
+    assert len(data) == 2 and "cannot parse XML" in data.skipped[0][1]
+    with pytest.raises(DataError) as err:
+        VOCDataset(root, "trainval")
+    _one_line(err, "trainval.txt", "split file not found")
+    with pytest.raises(DataError) as err:
+        VOCDataset(root.parent / "nowhere")
+    _one_line(err, "no VOC layout here")
+
+
+def test_bad_names_and_splits_give_one_line_value_errors(voc_tree):
+    root, _ = voc_tree
+    with pytest.raises(ValueError) as err:
+        build_dataset("imagenet", "train")
+    _one_line(err, "unknown dataset 'imagenet'", "parts, bias, voc, folder")
+    with pytest.raises(ValueError) as err:
+        build_dataset("parts", "holdout")
+    _one_line(err, "unknown split 'holdout'", "train, val, test")
+    with pytest.raises(ValueError) as err:
+        build_dataset("voc", "holdout", root=root)
+    _one_line(err, "unknown split 'holdout'", "train, val, trainval, train_aug")
+    with pytest.raises(ValueError) as err:
+        build_dataset("voc", "train")
+    _one_line(err, "needs root")
+    with pytest.raises(ValueError, match="on_error"):
+        build_dataset("voc", "train", root=root, on_error="ignore")
+
+
+def test_data_error_survives_a_dataloader_worker(tmp_path):
+    import torch
+
+    root = _folder(tmp_path / "d", "a.png,cat\nb.png,dog\n")
+    (root / "images" / "a.png").write_bytes(b"junk")
+    loader = torch.utils.data.DataLoader(FolderDataset(root, image_size=16), batch_size=1, num_workers=1)
+    with pytest.raises(DataError, match="a.png: cannot read image"):
+        next(iter(loader))
