@@ -20,23 +20,27 @@ EFFICIENTNET_LITE = "efficientnet-lite0"
 class SmallConvNet(nn.Module):
     """A compact ResNet-style classifier for small images (32-128 px) on a CPU.
 
-    ``features`` (three stages of conv-BN-ReLU, each halving the resolution: 64 px -> 8x8 maps)
-    is the attention layer; the head is global average pooling + linear, so Grad-CAM's weights
-    have the exact closed form ``W_c / (h*w)``.
+    ``features`` (three stages of two conv-BN-ReLU each) is the attention layer; the head is
+    global average pooling + linear, so Grad-CAM's weights have the exact closed form
+    ``W_c / (h*w)``. The first two stages halve the resolution and the last keeps it (output
+    stride 4: 16x16 maps at 64 px). Stride 8 (8x8 maps) proved too coarse for the built-in
+    worlds' objects (18-28 px): the plain classifier's upsampled CAM blob covered 92% of each
+    object while its precision was 0.37, so coverage could not show part dominance.
 
     Args:
         num_classes: ``C``.
         width: channels of the first stage (doubled at each later stage).
+        strides: stride of each stage's first convolution.
     """
 
-    def __init__(self, num_classes: int, width: int = 32) -> None:
+    def __init__(self, num_classes: int, width: int = 32, strides: tuple[int, int, int] = (2, 2, 1)) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels_in = 3
-        for stage in range(3):
+        for stage, stride in enumerate(strides):
             channels = width * 2 ** stage
             layers += [
-                nn.Conv2d(channels_in, channels, 3, stride=2, padding=1, bias=False),
+                nn.Conv2d(channels_in, channels, 3, stride=stride, padding=1, bias=False),
                 nn.BatchNorm2d(channels),
                 nn.ReLU(inplace=True),
                 nn.Conv2d(channels, channels, 3, padding=1, bias=False),

@@ -1,0 +1,149 @@
+"""Ablation of attention mining on a built-in world: every variant x several seeds, mean and spread.
+
+Each variant is a set of TrainConfig overrides on one shared base budget; every run is a real
+`gainet.training.train` call, evaluated on the world's *validation* split (the test split is left
+for the demo's report). Prints a markdown table and writes it, with all per-seed numbers, to
+``--output`` (``results.json``, ``table.md``).
+
+    python benchmarks/ablation.py --seeds 0 1 2 --workers 2
+    python benchmarks/ablation.py --world bias --variants cam gain gain-adv --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+BASE = dict(
+    image_size=64, train_images=1200, model="small-cnn", model_width=16, epochs=8, warmup_epochs=2,
+    batch_size=32, optimizer="adamw", lr=2e-3, schedule="cosine", progress=False, tensorboard=False, threads=1,
+)
+
+# name -> overrides of BASE (method included)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "cam": {"method": "cam"},
+    "gain": {"method": "gain"},  # paper: L_am through all weights, erased BN with batch statistics
+    "gain/am-attention": {"method": "gain", "am_gradient": "attention"},
+    "gain/bn-running": {"method": "gain", "erased_batchnorm": "running"},
+    "gain/am-attention+bn-running": {"method": "gain", "am_gradient": "attention", "erased_batchnorm": "running"},
+    "gain/sigma0.3": {"method": "gain", "sigma": 0.3},
+    "gain/omega5": {"method": "gain", "omega": 5.0},
+    "gain/warmup0": {"method": "gain", "warmup_epochs": 0},
+    "gain/warmup5": {"method": "gain", "warmup_epochs": 5},
+    "gain/alpha0.3": {"method": "gain", "alpha": 0.3},
+    "gain/alpha3": {"method": "gain", "alpha": 3.0},
+    "gain/weights-grad": {"method": "gain", "weights_grad": True},
+    "gain-adv": {"method": "gain-adv"},
+    "gain-adv/area0.1": {"method": "gain-adv", "area_weight": 0.1},
+    "gain-adv/area0.3": {"method": "gain-adv", "area_weight": 0.3},
+    "gain-ext": {"method": "gain-ext", "supervised_fraction": 0.05},
+    "gain-adv-ext": {"method": "gain-adv-ext", "supervised_fraction": 0.05},
+}
+METRICS = ("mAP", "accuracy", "cam_miou", "cam_threshold", "coverage", "precision", "attention_iou", "pointing")
+
+
+def run_one(job: tuple[str, int, str, dict[str, Any], str]) -> dict[str, Any]:
+    name, seed, world, overrides, output = job
+    import torch
+
+    torch.set_num_threads(1)
+    from gainet.training.config import TrainConfig
+    from gainet.training.trainer import train
+
+    run_dir = Path(output) / "runs" / name.replace("/", "_") / f"seed{seed}"
+    config = TrainConfig(**{**BASE, "dataset": world, **overrides, "seed": seed, "output_dir": str(run_dir)})
+    if world == "bias":
+        config = config.replace(supervision="boxes")
+    started = time.perf_counter()
+    final = train(config)
+    seconds = time.perf_counter() - started
+    history = final.get("val", {})
+    steps_seconds = sum(r.get("train/seconds", 0.0) for r in _history(run_dir))
+    result = {"variant": name, "seed": seed, "seconds": seconds, "train_seconds": steps_seconds}
+    result.update({k: history[k] for k in METRICS if k in history})
+    result["cam_curve"] = history.get("cam_curve")
+    result["coverage_curve"] = history.get("coverage_curve")
+    print(f"[ablation] {name} seed {seed}: " + " ".join(
+        f"{k}={result[k]:.3f}" for k in METRICS if k in result), flush=True)
+    return result
+
+
+def _history(run_dir: Path) -> list[dict[str, Any]]:
+    import torch
+
+    return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["history"]
+
+
+def summarise(results: list[dict[str, Any]], variants: list[str]) -> tuple[list[dict[str, Any]], str]:
+    cam_time = [r["train_seconds"] for r in results if r["variant"] == "cam"]
+    reference = statistics.mean(cam_time) if cam_time else math.nan
+    rows = []
+    for name in variants:
+        runs = [r for r in results if r["variant"] == name]
+        if not runs:
+            continue
+        row: dict[str, Any] = {"variant": name, "seeds": len(runs)}
+        for key in METRICS:
+            values = [r[key] for r in runs if key in r and r[key] is not None]
+            if values:
+                row[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+        row["cost_vs_cam"] = statistics.mean(r["train_seconds"] for r in runs) / reference
+        rows.append(row)
+    columns = ["variant", "seeds"] + [k for k in METRICS if any(k in r for r in rows)] + ["cost_vs_cam"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column, "")
+            if isinstance(value, tuple):
+                cells.append(f"{value[0]:.3f} ± {value[1]:.3f}")
+            elif isinstance(value, float):
+                cells.append(f"{value:.2f}")
+            else:
+                cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return rows, "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", default="parts", choices=("parts", "bias"), help="built-in world")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"subset of: {', '.join(VARIANTS)}")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
+    parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one CPU thread each)")
+    parser.add_argument("--output", default="runs/ablation", help="output directory")
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r}")
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    results_path = output / "results.json"
+    done: list[dict[str, Any]] = json.loads(results_path.read_text()) if results_path.is_file() else []
+    finished = {(r["variant"], r["seed"]) for r in done}
+    jobs = [(v, s, args.world, VARIANTS[v], str(output)) for s in args.seeds for v in args.variants
+            if (v, s) not in finished]
+    print(f"[ablation] {len(jobs)} runs to do ({len(finished)} already in {results_path})", flush=True)
+    results = list(done)
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        for result in pool.map(run_one, jobs):
+            results.append(result)
+            results_path.write_text(json.dumps(results, indent=1))  # resumable: finished runs are kept
+    _, table = summarise(results, args.variants)
+    header = (f"world={args.world}, seeds={args.seeds}, split=val, base budget: "
+              + ", ".join(f"{k}={v}" for k, v in BASE.items() if k not in ("progress", "tensorboard", "threads")))
+    (output / "table.md").write_text(header + "\n\n" + table + "\n")
+    print(header)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
