@@ -172,7 +172,7 @@ def test_demo_writes_report_with_every_method(tmp_path: Path) -> None:
     result = run_demo(tmp_path / "demo", epochs=1, threads=1, progress=False,
                       train_images=32, val_images=8, image_size=32, model_width=8)
     html = (tmp_path / "demo" / "report.html").read_text()
-    for method in ("cam", "gain", "gain-ext"):
+    for method in ("cam", "gain", "gain-ext", "gain-adv"):
         assert f"<td>{method}</td>" in html
     assert (tmp_path / "demo" / "overlays.png").is_file() and (tmp_path / "demo" / "curves.png").is_file()
-    assert [r["method"] for r in result["rows"]] == ["cam", "gain", "gain-ext"]
+    assert [r["method"] for r in result["rows"]] == ["cam", "gain", "gain-ext", "gain-adv"]
