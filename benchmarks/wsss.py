@@ -1,0 +1,242 @@
+#!/usr/bin/env python
+"""Weakly-supervised semantic segmentation on the built-in part-dominance world: cam vs gain vs
+gain-ext, side by side.
+
+For each method: train the classifier (or take ``--checkpoint METHOD=PATH``) with the same budget,
+then run the five WSSS stages of ``gainet.wsss`` on the classifier's own training images:
+
+    make-cams -> eval-cams (CAM mIoU, best background threshold t*) -> pseudo-labels (fg = t*,
+    bg = t* - band, 255 between) -> train-seg (lraspp_mobilenet_v3_large, 64 px) -> eval-seg on the
+    ground-truth val split.
+
+``--oracle`` adds a row whose segmentation network is trained on the ground-truth masks of the same
+images (the fully supervised ceiling of this budget). ``--crf`` (needs pydensecrf2) adds the
+pseudo-label mIoU after a dense CRF and the segmentation mIoU with CRF post-processing (same
+networks). Every stage resumes: re-running with the same ``--output`` only redoes what is missing.
+
+Columns: classifier mAP (val), CAM mIoU at t* (train images, 6 labels with background), pseudo-label
+mIoU (unsure pixels counted as background), accuracy on the confidently labelled pixels, share of
+unsure pixels, segmentation mIoU on val, minutes. The defaults take about 5-6 minutes on one
+CPU thread.
+
+    python benchmarks/wsss.py --output runs/bench-wsss [--crf] [--seeds 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gainet.evaluation.report import markdown_table
+from gainet.training.checkpoint import load_checkpoint
+from gainet.training.config import TrainConfig
+from gainet.training.trainer import train
+from gainet.wsss import data as io
+from gainet.wsss.crf import crf_available
+from gainet.wsss.pseudo_labels import LABELS_DIR, LABELS_STAGE, make_pseudo_labels
+from gainet.wsss.seg_trainer import SegConfig, evaluate_segmentation, train_seg
+from gainet.wsss.cams import eval_cams, make_cams
+
+METHODS = ("cam", "gain", "gain-ext")
+
+
+def classifier_config(method: str, args: argparse.Namespace, output: Path) -> TrainConfig:
+    """The same budget for every method (the demo's recipe, scaled down)."""
+    return TrainConfig(
+        method=method, dataset="parts", image_size=64, train_images=args.train_images, val_images=args.cls_val_images,
+        model="small-cnn", model_width=args.width, epochs=args.epochs, warmup_epochs=min(3, args.epochs - 1),
+        batch_size=32, optimizer="adamw", lr=2e-3, schedule="cosine", supervised_fraction=0.05, seed=args.seed,
+        threads=args.threads, progress=args.progress, tensorboard=False, eval_every=args.epochs,
+        output_dir=str(output / "classifier"),
+    )
+
+
+def seg_config(args: argparse.Namespace, labels: Path, output: Path) -> SegConfig:
+    return SegConfig(labels_dir=str(labels), output_dir=str(output), model=args.seg_model, epochs=args.seg_epochs,
+                     batch_size=16, lr=3e-3, seed=args.seed, threads=args.threads, device="cpu",
+                     progress=args.progress, resume="auto")
+
+
+def ground_truth_labels(spec: dict[str, Any], folder: Path) -> Path:
+    """A pseudo-labels folder holding the ground-truth masks (the oracle's training labels)."""
+    dataset = io.open_dataset(spec)
+    if not (folder / io.META_FILE).is_file():
+        io.write_meta(folder, {"stage": LABELS_STAGE, "method": "oracle", "classes": list(dataset.classes),
+                               "data": spec, "fg_threshold": None, "bg_threshold": None, "crf": None,
+                               "mean": list(dataset.mean), "std": list(dataset.std)})
+    for _, item in io.iterate(dataset):
+        path = io.item_path(folder / LABELS_DIR, item.image_id, ".png")
+        if not path.is_file():
+            io.save_index_png(path, item.segmentation)
+    return folder
+
+
+def cached(out: Path, args: argparse.Namespace, compute) -> dict[str, Any]:
+    """The row stored in ``out/row.json`` by an earlier run with the same settings (so re-runs
+    report the minutes of the run that did the work), else ``compute()``'s row, stored."""
+    key = {k: v for k, v in vars(args).items() if k not in ("output", "methods", "seeds", "progress", "checkpoint")}
+    path = out / "row.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("settings") == json.loads(json.dumps(key)):
+            return stored["row"]
+    row = compute()
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"settings": key, "row": row}, indent=2))
+    return row
+
+
+def run_method(method: str, args: argparse.Namespace, checkpoint: str | None) -> dict[str, Any]:
+    out = Path(args.output) / f"seed{args.seed}" / method
+    if checkpoint is not None:
+        return _run_method(method, args, checkpoint, out)
+    return cached(out, args, lambda: _run_method(method, args, checkpoint, out))
+
+
+def _run_method(method: str, args: argparse.Namespace, checkpoint: str | None, out: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    row: dict[str, Any] = {"method": method, "seed": args.seed}
+    if checkpoint is None:
+        config = classifier_config(method, args, out)
+        if not (Path(config.output_dir) / "final.json").is_file():
+            train(config)
+        checkpoint = str(Path(config.output_dir) / "last.pt")
+    state = load_checkpoint(checkpoint)
+    row["mAP"] = _final_map(state)
+    progress = args.progress
+    make_cams(checkpoint, out / "cams", scales=args.scales, flip=args.flip, device="cpu", progress=progress)
+    cams = eval_cams(out / "cams", progress=progress)
+    row.update(cam_miou=cams["best_miou"], t=cams["best_threshold"])
+    labels = make_pseudo_labels(out / "cams", out / "labels", band=args.band, progress=progress)["eval"]
+    row.update(label_miou=labels["miou"], label_precision=labels["confident_precision"],
+               unsure=labels["ignored_fraction"])
+    if args.crf:
+        crf_labels = make_pseudo_labels(out / "cams", out / "labels-crf", band=args.band, crf=True,
+                                        progress=progress)["eval"]
+        row["label_miou_crf"] = crf_labels["miou"]
+    train_seg(seg_config(args, out / "labels", out / "seg"))
+    seg = evaluate_segmentation(out / "seg" / "last.pt", out / "eval", limit=args.val_images, device="cpu",
+                                progress=progress)
+    row["seg_miou"] = seg["miou"]
+    if args.crf:
+        row["seg_miou_crf"] = evaluate_segmentation(out / "seg" / "last.pt", out / "eval-crf", limit=args.val_images,
+                                                    crf=True, device="cpu", progress=progress)["miou"]
+    row["minutes"] = (time.perf_counter() - started) / 60
+    return row
+
+
+def run_oracle(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.output) / f"seed{args.seed}" / "oracle"
+    return cached(out, args, lambda: _run_oracle(args, out))
+
+
+def _run_oracle(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    spec = io.data_spec("parts", "train", image_size=64, num_images=args.train_images)
+    ground_truth_labels(spec, out / "labels")
+    train_seg(seg_config(args, out / "labels", out / "seg"))
+    row: dict[str, Any] = {"method": "oracle (GT masks)", "seed": args.seed, "label_miou": 1.0, "unsure": 0.0,
+                           "label_precision": 1.0}
+    row["seg_miou"] = evaluate_segmentation(out / "seg" / "last.pt", out / "eval", limit=args.val_images,
+                                            device="cpu", progress=args.progress)["miou"]
+    if args.crf:
+        row["seg_miou_crf"] = evaluate_segmentation(out / "seg" / "last.pt", out / "eval-crf", limit=args.val_images,
+                                                    crf=True, device="cpu", progress=args.progress)["miou"]
+    row["minutes"] = (time.perf_counter() - started) / 60
+    return row
+
+
+def mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per method with the mean of every numeric column over the seeds."""
+    means = []
+    for method in dict.fromkeys(row["method"] for row in rows):
+        group = [row for row in rows if row["method"] == method]
+        mean: dict[str, Any] = {"method": method, "seed": "mean"}
+        for key in group[0]:
+            values = [row.get(key) for row in group]
+            if key not in ("method", "seed") and all(isinstance(v, (int, float)) for v in values):
+                mean[key] = float(np.mean(values))
+        means.append(mean)
+    return means
+
+
+def _final_map(state: dict[str, Any]) -> float | None:
+    for row in reversed(state.get("history") or []):
+        if isinstance(row.get("val/mAP"), float):
+            return row["val/mAP"]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--output", default="runs/bench-wsss", help="output folder (resumable)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="METHOD=PATH",
+                        help="use this classifier checkpoint instead of training one (repeatable)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (classifier, seg network)")
+    parser.add_argument("--train-images", type=int, default=640, help="classifier training images = WSSS images")
+    parser.add_argument("--cls-val-images", type=int, default=100, help="images for the classifier's val mAP")
+    parser.add_argument("--val-images", type=int, default=300, help="ground-truth val images for eval-seg")
+    parser.add_argument("--epochs", type=int, default=8, help="classifier epochs (3 warm-up)")
+    parser.add_argument("--width", type=int, default=16, help="small-cnn width")
+    parser.add_argument("--seg-model", default="lraspp_mobilenet_v3_large")
+    parser.add_argument("--seg-epochs", type=int, default=6, help="segmentation-network epochs")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="make-cams scales")
+    parser.add_argument("--flip", action="store_true", help="flip-averaged maps")
+    parser.add_argument("--band", type=float, default=0.1, help="unsure band below the fg threshold")
+    parser.add_argument("--crf", action="store_true", help="also CRF-refined labels and CRF inference")
+    parser.add_argument("--no-oracle", dest="oracle", action="store_false", help="skip the GT-trained row")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.crf and not crf_available():
+        parser.error("--crf needs pydensecrf2 (pip install 'pydensecrf2==1.1')")
+    checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
+    started = time.perf_counter()
+    rows = []
+    for seed in args.seeds:
+        args.seed = seed
+        for method in args.methods:
+            rows.append(run_method(method, args, checkpoints.get(method)))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        if args.oracle:
+            rows.append(run_oracle(args))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if len(args.seeds) > 1:
+        rows += mean_rows(rows)
+    columns = ["method", "seed", "mAP", "cam_miou", "t", "label_miou", "label_precision", "unsure", "seg_miou"]
+    if args.crf:
+        columns[columns.index("seg_miou"):columns.index("seg_miou")] = ["label_miou_crf"]
+        columns.append("seg_miou_crf")
+    columns.append("minutes")
+    shown = [{k: (100 * v if k in ("mAP", "cam_miou", "label_miou", "label_precision", "unsure", "seg_miou",
+                                   "label_miou_crf", "seg_miou_crf") and isinstance(v, float)
+                  else f"{v:.2f}" if k == "t" else v)
+              for k, v in row.items()} for row in rows]
+    table = markdown_table(shown, columns, ".1f")
+    settings = {k: v for k, v in vars(args).items() if k not in ("checkpoint", "progress", "seed")}
+    work = sum(row.get("minutes", 0.0) for row in rows if row["seed"] != "mean")
+    text = (f"{table}\n\nPercentages except t (background threshold) and minutes. Settings: {json.dumps(settings)}. "
+            f"Rows took {work:.1f} min in all (this run: {(time.perf_counter() - started) / 60:.1f} min; "
+            "finished rows are read back from row.json).")
+    print(text)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps({"rows": rows, "settings": settings}, indent=2,
+                                                    default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)))
+    (output / "results.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
