@@ -1,4 +1,5 @@
-"""The ``gainet`` command line: train, evaluate, explain, demo."""
+"""The ``gainet`` command line: train, evaluate, explain, demo, and the WSSS stages (make-cams, eval-cams,
+pseudo-labels, train-seg, eval-seg)."""
 
 from __future__ import annotations
 
@@ -113,6 +114,241 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- WSSS (docs/wsss.md)
+def _crf_params(args: argparse.Namespace):
+    from gainet.wsss.crf import CRFParams
+
+    return CRFParams(gaussian_sxy=args.crf_gaussian_sxy, gaussian_compat=args.crf_gaussian_compat,
+                     bilateral_sxy=args.crf_bilateral_sxy, bilateral_srgb=args.crf_bilateral_srgb,
+                     bilateral_compat=args.crf_bilateral_compat, iterations=args.crf_iterations,
+                     gt_prob=args.crf_gt_prob)
+
+
+def cmd_make_cams(args: argparse.Namespace) -> int:
+    from gainet.wsss.cams import make_cams
+
+    result = make_cams(args.checkpoint, args.output, split=args.split, data_root=args.data_root, limit=args.limit,
+                       scales=args.scales, flip=args.flip, base_size=args.base_size, dtype=args.dtype,
+                       overwrite=args.overwrite, device=args.device, progress=not args.no_progress)
+    print(f"make-cams: {result['written']} written, {result['skipped']} already there, "
+          f"{result['images']} images in {result['output']}/cams")
+    return 0
+
+
+def cmd_eval_cams(args: argparse.Namespace) -> int:
+    from gainet.wsss.cams import eval_cams
+
+    result = eval_cams(args.cams, thresholds=args.thresholds, data_root=args.data_root, output=args.output,
+                       progress=not args.no_progress)
+    print(result["markdown"])
+    return 0
+
+
+def cmd_pseudo_labels(args: argparse.Namespace) -> int:
+    from gainet.wsss.pseudo_labels import make_pseudo_labels
+
+    fg = args.fg_threshold if args.fg_threshold == "auto" else float(args.fg_threshold)
+    result = make_pseudo_labels(args.cams, args.output, fg_threshold=fg, bg_threshold=args.bg_threshold,
+                                band=args.band, crf=args.crf, crf_params=_crf_params(args), data_root=args.data_root,
+                                overwrite=args.overwrite, evaluate=not args.no_eval, progress=not args.no_progress)
+    print(f"pseudo-labels: {result['written']} written, {result['skipped']} already there, {result['images']} images "
+          f"in {result['output']}/labels (fg {result['fg_threshold']:.2f}, bg {result['bg_threshold']:.2f})")
+    if result["eval"]:
+        print(result["eval"]["markdown"])
+    return 0
+
+
+def cmd_train_seg(args: argparse.Namespace) -> int:
+    from gainet.wsss.config import SegConfig
+    from gainet.wsss.seg_trainer import train_seg
+
+    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    names = {f.name for f in dataclasses.fields(SegConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    final = train_seg(SegConfig.from_dict(values))
+    print(f"train-seg: epoch {final.get('epoch')} loss {final.get('train/loss', float('nan')):.4f}")
+    return 0
+
+
+def cmd_eval_seg(args: argparse.Namespace) -> int:
+    from gainet.wsss.seg_trainer import evaluate_segmentation
+
+    output = args.output or str(Path(args.checkpoint).parent / f"eval-{args.split}")
+    result = evaluate_segmentation(args.checkpoint, output, split=args.split, data_root=args.data_root,
+                                   limit=args.limit, scales=args.scales, flip=args.flip, base_size=args.base_size,
+                                   crf=args.crf, crf_params=_crf_params(args), overwrite=args.overwrite,
+                                   device=args.device, progress=not args.no_progress)
+    print(result["markdown"])
+    return 0
+
+
+def _add_crf_options(parser: argparse.ArgumentParser) -> None:
+    from gainet.wsss.crf import CRFParams
+
+    defaults = CRFParams()
+    group = parser.add_argument_group("dense CRF (optional package pydensecrf2)")
+    group.add_argument("--crf", action="store_true", help="refine with a dense CRF")
+    for name, kind, text in (("gaussian_sxy", float, "Gaussian kernel spatial std"),
+                             ("gaussian_compat", float, "Gaussian kernel weight"),
+                             ("bilateral_sxy", float, "bilateral kernel spatial std"),
+                             ("bilateral_srgb", float, "bilateral kernel colour std"),
+                             ("bilateral_compat", float, "bilateral kernel weight"),
+                             ("iterations", int, "mean-field iterations"),
+                             ("gt_prob", float, "confidence given to a hard label (pseudo labels)")):
+        group.add_argument("--crf-" + name.replace("_", "-"), dest="crf_" + name, type=kind,
+                           default=getattr(defaults, name), help=f"{text} (default: %(default)s)")
+
+
+def _add_seg_options(parser: argparse.ArgumentParser) -> None:
+    """One ``--option`` per :class:`SegConfig` field (``SUPPRESS`` defaults: only given options
+    override the YAML file)."""
+    from gainet.wsss.config import SegConfig
+
+    hints = typing.get_type_hints(SegConfig)
+    group = parser.add_argument_group("train-seg options (override --config)")
+    for field in dataclasses.fields(SegConfig):
+        kind = _base_type(hints[field.name])
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
+                                  "help": f"{field.metadata.get('help', '')} (default: {default})"}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind is list:
+            kwargs.update(type=float, nargs=2, metavar=("LOW", "HIGH"))
+        else:
+            kwargs["type"] = kind
+            if "choices" in field.metadata:
+                kwargs["choices"] = field.metadata["choices"]
+        group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+
+
+def add_wsss_commands(commands: Any) -> None:
+    """Subcommands of the weakly-supervised segmentation pipeline (docs/wsss.md)."""
+    progress = {"action": "store_true", "help": "hide progress bars"}
+
+    cams = commands.add_parser("make-cams", help="WSSS 1: attention maps of every training image",
+                               description="Save the normalised attention map of each ground-truth class of every "
+                                           "image (native resolution, .npy per image with class keys), optionally "
+                                           "multi-scale and flip-averaged. Resumes: existing files are skipped.")
+    cams.add_argument("--checkpoint", required=True, help="classifier checkpoint (gainet train: best.pt / last.pt)")
+    cams.add_argument("--output", required=True, help="output folder (maps go to OUTPUT/cams/)")
+    cams.add_argument("--split", default=None, help="split to process (default: the checkpoint's training split)")
+    cams.add_argument("--data-root", default=None, help="override the dataset directory")
+    cams.add_argument("--limit", type=int, default=None, help="first N images only (generated worlds: draw N)")
+    cams.add_argument("--scales", type=float, nargs="+", default=[1.0], help="input scales, e.g. 0.5 1 1.5 2")
+    cams.add_argument("--flip", action="store_true", help="also average the horizontally mirrored image")
+    cams.add_argument("--base-size", default="train",
+                      help="size that scale 1 means: train (the checkpoint's square input), native, or N pixels")
+    cams.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="storage precision")
+    cams.add_argument("--overwrite", action="store_true", help="recompute images whose file exists")
+    cams.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    cams.add_argument("--no-progress", **progress)
+    cams.set_defaults(func=cmd_make_cams)
+
+    evalcams = commands.add_parser("eval-cams", help="WSSS 2: mIoU of the maps over a swept background threshold",
+                                   description="mIoU (background + classes, 255 ignored) of the segmentation the maps "
+                                               "give at each constant background threshold; best and whole curve.")
+    evalcams.add_argument("--cams", required=True, help="make-cams output folder")
+    evalcams.add_argument("--thresholds", type=float, nargs="+", default=None,
+                          help="background thresholds (default 0.05 0.10 ... 0.95)")
+    evalcams.add_argument("--data-root", default=None, help="override the dataset directory")
+    evalcams.add_argument("--output", default=None, help="where eval_cams.json/.md go (default: the cams folder)")
+    evalcams.add_argument("--no-progress", **progress)
+    evalcams.set_defaults(func=cmd_eval_cams)
+
+    labels = commands.add_parser("pseudo-labels", help="WSSS 3: index PNGs from the maps (255 = unsure)",
+                                 description="Pseudo labels: class where the strongest map > fg threshold, background "
+                                             "where <= bg threshold, 255 between; optional dense CRF; scored against "
+                                             "the ground truth. Resumes: existing PNGs are skipped.")
+    labels.add_argument("--cams", required=True, help="make-cams output folder")
+    labels.add_argument("--output", required=True, help="output folder (PNGs go to OUTPUT/labels/)")
+    labels.add_argument("--fg-threshold", default="auto",
+                        help="foreground threshold, or auto: eval-cams' best background threshold (default)")
+    labels.add_argument("--bg-threshold", type=float, default=None,
+                        help="background threshold (default: fg threshold - band)")
+    labels.add_argument("--band", type=float, default=0.1, help="width of the unsure band below the fg threshold")
+    labels.add_argument("--data-root", default=None, help="override the dataset directory")
+    labels.add_argument("--overwrite", action="store_true", help="rewrite existing PNGs")
+    labels.add_argument("--no-eval", action="store_true", help="do not score the labels against the ground truth")
+    labels.add_argument("--no-progress", **progress)
+    _add_crf_options(labels)
+    labels.set_defaults(func=cmd_pseudo_labels)
+
+    trainseg = commands.add_parser("train-seg", help="WSSS 4: train a segmentation network on the pseudo labels",
+                                   description="Train a torchvision segmentation model on pseudo labels (255 ignored); "
+                                               "checkpoints every epoch, --resume auto continues.")
+    trainseg.add_argument("--config", help="YAML file of train-seg options; command-line options override it")
+    _add_seg_options(trainseg)
+    trainseg.set_defaults(func=cmd_train_seg)
+
+    evalseg = commands.add_parser("eval-seg", help="WSSS 5: segmentation mIoU on the ground-truth split",
+                                  description="Predict every image of a split (PNG per image; resumes), then the mIoU "
+                                              "and per-class IoU of the saved predictions against the ground truth.")
+    evalseg.add_argument("--checkpoint", required=True, help="train-seg checkpoint (last.pt)")
+    evalseg.add_argument("--output", default=None, help="output folder (default: CHECKPOINT_DIR/eval-SPLIT)")
+    evalseg.add_argument("--split", default="val", help="ground-truth split (default: val)")
+    evalseg.add_argument("--data-root", default=None, help="override the dataset directory")
+    evalseg.add_argument("--limit", type=int, default=None, help="first N images only (generated worlds: draw N)")
+    evalseg.add_argument("--scales", type=float, nargs="+", default=[1.0], help="inference scales, e.g. 0.5 1 1.5")
+    evalseg.add_argument("--flip", action="store_true", help="also average the mirrored image")
+    evalseg.add_argument("--base-size", default="native", help="size that scale 1 means: native (default), train "
+                                                               "(the training crop, square) or N pixels")
+    evalseg.add_argument("--overwrite", action="store_true", help="predict images whose PNG exists again")
+    evalseg.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    evalseg.add_argument("--no-progress", **progress)
+    _add_crf_options(evalseg)
+    evalseg.set_defaults(func=cmd_eval_seg)
+
+
+def cmd_bias_study(args: argparse.Namespace) -> int:
+    from gainet.bias_study import run_bias_study
+
+    overrides = dict(args.options or {})
+    for name in ("epochs", "train_images", "image_size", "model_width", "dataset", "data_root"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    run_bias_study(
+        args.output, supervision=args.supervision, seeds=args.seeds, first_seed=args.first_seed, threads=args.threads,
+        progress=not args.no_progress, test_images=args.test_images, reference=not args.no_reference,
+        train_split=args.train_split,
+        unbiased_split=args.unbiased_split, biased_split=args.biased_split, decorrelated_split=args.decorrelated_split,
+        **overrides,
+    )
+    return 0
+
+
+def add_bias_study_command(commands: Any) -> None:
+    """``gainet bias-study`` (docs/bias_study.md)."""
+    bias = commands.add_parser("bias-study", help="dataset bias: cam vs gain vs gain-ext with N box-supervised images",
+                               description="Train a reference (cam on unbiased data), cam, gain and gain-ext with box "
+                                           "supervision on N images for each N, evaluate on the biased and the "
+                                           "decorrelated test split and write results.json, table.md and "
+                                           "accuracy_vs_supervision.png.")
+    bias.add_argument("--output", default="runs/bias-study", help="output directory")
+    bias.add_argument("--supervision", nargs="+", default=["0", "1%", "2%", "5%", "10%"],
+                      help="numbers of box-supervised images: counts (20), fractions (0.05) or percentages (5%%) "
+                           "of the training set (default: %(default)s)")
+    bias.add_argument("--seeds", type=int, default=1, help="number of seeds (mean and std over them; default 1)")
+    bias.add_argument("--first-seed", type=int, default=0, help="first seed")
+    bias.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the study's budget)")
+    bias.add_argument("--train-images", type=int, default=None, help="training images (generated worlds)")
+    bias.add_argument("--test-images", type=int, default=None, help="cap each test split (generated worlds)")
+    bias.add_argument("--image-size", type=int, default=None, help="input side in pixels")
+    bias.add_argument("--model-width", type=int, default=None, help="small-cnn first-stage width")
+    bias.add_argument("--dataset", default=None, help="dataset (default: the built-in bias world)")
+    bias.add_argument("--data-root", default=None, help="dataset directory (voc, folder)")
+    bias.add_argument("--train-split", default="train", help="biased training split")
+    bias.add_argument("--unbiased-split", default="train_unbiased", help="unbiased training split (the reference)")
+    bias.add_argument("--no-reference", action="store_true", help="skip the reference (no unbiased training split)")
+    bias.add_argument("--biased-split", default="test_biased", help="test split with the training bias")
+    bias.add_argument("--decorrelated-split", default="test_decorrelated", help="test split without it")
+    bias.add_argument("--options", type=_parse_mapping, default=None, metavar="K=V,...",
+                      help="other training options for every run, e.g. lr=0.001,am_gradient=attention")
+    bias.add_argument("--threads", type=int, default=None, help="CPU threads")
+    bias.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    bias.set_defaults(func=cmd_bias_study)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gainet",
@@ -164,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=None, help="CPU threads")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(func=cmd_demo)
+    add_wsss_commands(commands)
+    add_bias_study_command(commands)
     return parser
 
 

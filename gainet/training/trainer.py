@@ -113,6 +113,8 @@ class Trainer:
         self.gain = build_gain(config, self.num_classes, self.multi_label).to(self.device)
         if config.channels_last:
             self.gain = self.gain.to(memory_format=torch.channels_last)
+        # DDP: BatchNorm normalises with the global batch's statistics (as one process would).
+        self.gain = self.context.sync_batchnorm(self.gain, self.device)
         self.module: nn.Module = (
             DistributedDataParallel(self.gain, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.context.enabled else self.gain
@@ -231,6 +233,13 @@ class Trainer:
                     f"non-finite loss at epoch {epoch + 1} step {steps + 1}: L_cl={output.loss_cl.item():.4g} "
                     f"L_am={output.loss_am.item():.4g} L_e={output.loss_e.item():.4g} (lower lr or check the data)"
                 )
+            values = {"loss": loss.item(), "loss_cl": output.loss_cl.item(), "loss_am": output.loss_am.item(),
+                      "loss_e": output.loss_e.item()}
+            if output.loss_adversary is not None:
+                values["loss_adversary"] = output.loss_adversary.item()
+                values["loss_area"] = output.loss_area.item()
+            if self.context.enabled and (mine or use_masks or self.adversarial):
+                total = total + self._global_batch_correction(output, supervised, values)
             optimizers = [o for o in (self.optimizer, self.adversary_optimizer) if o is not None]
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
@@ -245,11 +254,6 @@ class Trainer:
                 self.scaler.step(optimizer)
             self.scaler.update()
             steps += 1
-            values = {"loss": loss.item(), "loss_cl": output.loss_cl.item(), "loss_am": output.loss_am.item(),
-                      "loss_e": output.loss_e.item()}
-            if output.loss_adversary is not None:
-                values["loss_adversary"] = output.loss_adversary.item()
-                values["loss_area"] = output.loss_area.item()
             for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + value
             bar.set_postfix(loss=f"{values['loss']:.3f}", am=f"{values['loss_am']:.3f}")
@@ -260,14 +264,48 @@ class Trainer:
         means = {f"train/{k}": v / steps for k, v in sums.items()}
         return self.context.mean(means, self.device)
 
+    def _global_batch_correction(self, output: Any, supervised: torch.Tensor | None,
+                                 values: dict[str, float]) -> torch.Tensor:
+        """DDP only: the term that turns this rank's loss into its share of the global-batch loss.
+
+        L_am (mean over the images with a label), L_e (mean over the supervised images), the
+        adversary's loss (mean over clean + erased rows) and L_area (mean over the maps) average
+        over a number of items that can differ between ranks; DDP's plain average of the per-rank
+        means would then weight them differently from one process on the same global batch (L_e
+        with 1 supervised image on one rank and 0 on the other would get half its weight). Each
+        term is rescaled by ``W n_r / N`` (:meth:`DistributedContext.global_mean_scales`); the
+        logged ``values`` are rescaled too, so their mean over ranks is the global-batch mean.
+        L_cl is a mean over the equal per-rank batches and needs nothing.
+        """
+        gain = self.gain
+        images = torch.unique(output.pairs[:, 0])
+        n_am = images.numel() if output.erased_scores is not None else 0
+        n_e = int(supervised[images].sum()) if supervised is not None and output.loss_e.requires_grad else 0
+        n_maps = output.pairs.shape[0] if output.attention is not None else 0
+        rows = output.scores.shape[0] + (output.pairs.shape[0] if output.erased is not None else 0)
+        s_am, s_e, s_area, s_adv = self.context.global_mean_scales([n_am, n_e, n_maps, rows], self.device)
+        correction = (s_am - 1.0) * gain.alpha * output.loss_am.float() + (s_e - 1.0) * gain.omega_e * output.loss_e.float()
+        values["loss"] += (s_am - 1.0) * gain.alpha * values["loss_am"] + (s_e - 1.0) * gain.omega_e * values["loss_e"]
+        values["loss_am"] *= s_am
+        values["loss_e"] *= s_e
+        if output.loss_adversary is not None:
+            area_weight = gain.area_weight if output.loss_area.requires_grad else 0.0
+            correction = correction + (s_area - 1.0) * area_weight * output.loss_area.float()
+            correction = correction + (s_adv - 1.0) * output.loss_adversary.float()
+            values["loss"] += (s_area - 1.0) * area_weight * values["loss_area"]
+            values["loss_area"] *= s_area
+            values["loss_adversary"] *= s_adv
+        return correction
+
     def evaluate(self) -> dict[str, Any]:
         """Validation metrics (rank 0 evaluates the whole split; other ranks wait)."""
         loader = eval_loader(self.val_set, max(1, self.config.batch_size), self.config.num_workers,
                              pin_memory=self.device.type == "cuda")
-        return evaluate_gain(
-            self.gain, loader, device=self.device, max_batches=self.config.eval_batches,
-            progress=self.config.progress, desc=f"val {self.config.method}",
-        )
+        with self.context.local_metrics():  # rank 0 alone: no cross-rank gathering in torchmetrics
+            return evaluate_gain(
+                self.gain, loader, device=self.device, max_batches=self.config.eval_batches,
+                progress=self.config.progress, desc=f"val {self.config.method}",
+            )
 
     def _score(self, metrics: dict[str, Any]) -> float:
         return float(metrics.get("mAP", metrics.get("accuracy", float("nan"))))

@@ -1,0 +1,433 @@
+"""``gainet bias-study``: does a little box supervision move a classifier off a context shortcut?
+
+The paper's dataset-bias experiment (METHOD.md, "Biased boats"), on the built-in bias world (or
+any dataset with a biased and a decorrelated test split): in the training split every class
+shares a background context with probability ``bias_p`` (0.95), so a classifier can learn the
+context instead of the object. Trained with the same budget, per seed:
+
+- ``reference``: the plain classifier (``cam``) on ``train_unbiased`` (context independent of the
+  class): what the architecture and budget reach without the shortcut;
+- ``cam``: the plain classifier on the biased ``train`` split (the Grad-CAM baseline);
+- ``gain``: GAIN's self-guidance (L_cl + L_am) on ``train``;
+- ``gain-ext``: GAIN_ext (L_ext with L_e on boxes) on ``train`` with boxes on N images, for each N
+  of the list (``N = 0`` is ``gain``: L_e sees nothing).
+
+Each model is evaluated on ``test_biased`` (the training distribution) and ``test_decorrelated``
+(context uniform over the classes): accuracy, accuracy on the decorrelated images whose context
+belongs to another class (where the shortcut points the wrong way), and the share of attention
+energy inside the object's box. Output in ``runs/bias-study/``: ``results.json`` (every run, the
+mean and std over seeds), ``table.md`` (the paper's table layout) and
+``accuracy_vs_supervision.png``.
+
+Finished runs are cached (``runs/seed<k>/<run>/result.json``, keyed by their full config), so an
+interrupted study continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from gainet.training.config import TrainConfig
+
+# The budget was fixed from the reference alone, never from GAIN's results: the reference (cam on
+# train_unbiased, seed 0) reached test_decorrelated accuracy 0.29 with 1000 images (width 16 or
+# 32, 8 or 16 epochs: chance is 0.25), 0.59 / 0.78 (seeds 0 / 1) with 2000 images, width 16 and
+# 8 epochs, and 0.97 with 2000 images, width 16 and 12 epochs: the cheapest budget measured at
+# which the reference learns the shapes. The world is the default bias world (4 classes,
+# bias_p 0.95). GAIN's hyperparameters are TrainConfig's defaults (METHOD.md values).
+STUDY_CONFIG = TrainConfig(
+    dataset="bias",
+    image_size=64,
+    train_images=None,  # the world's 2000
+    model="small-cnn",
+    model_width=16,
+    epochs=12,
+    warmup_epochs=3,
+    batch_size=32,
+    optimizer="adamw",
+    lr=2e-3,
+    schedule="cosine",
+    supervision="boxes",
+    eval_every=1000,  # validate once, at the end (the study evaluates the test splits itself)
+    eval_batches=2,
+    progress=False,
+    tensorboard=False,
+)
+DEFAULT_SUPERVISION = ("0", "1%", "2%", "5%", "10%")
+TARGET_SHARE = 0.9  # GAIN_ext (5%) decorrelated accuracy >= 90% of the reference's
+TARGET_FRACTION = 0.05
+METRICS = ("biased_accuracy", "decorrelated_accuracy", "conflict_accuracy", "decorrelated_box_energy",
+           "biased_box_energy")
+METRIC_LABELS = {
+    "biased_accuracy": "accuracy, test_biased",
+    "decorrelated_accuracy": "accuracy, test_decorrelated",
+    "conflict_accuracy": "accuracy, decorrelated with another class's context",
+    "decorrelated_box_energy": "attention energy in box, test_decorrelated",
+    "biased_box_energy": "attention energy in box, test_biased",
+}
+
+
+def parse_supervision(values: Sequence[str | int | float], train_size: int) -> list[int]:
+    """Numbers of supervised images: ``"5%"`` and fractions below 1 (``"0.05"``) are shares of the
+    training set (rounded), integers (``"20"``) are counts. Sorted, duplicates removed."""
+    counts = []
+    for value in values:
+        text = str(value).strip()
+        try:
+            if text.endswith("%"):
+                count = round(float(text[:-1]) / 100.0 * train_size)
+            elif any(c in text for c in ".eE"):
+                fraction = float(text)
+                if not 0.0 <= fraction <= 1.0:
+                    raise ValueError
+                count = round(fraction * train_size)
+            else:
+                count = int(text)
+        except ValueError:
+            raise ValueError(f"supervision {text!r}: expected a count (20), a fraction (0.05) or a percentage (5%)") from None
+        if not 0 <= count <= train_size:
+            raise ValueError(f"supervision {text!r}: {count} images is outside 0..{train_size}")
+        counts.append(count)
+    return sorted(set(counts))
+
+
+def study_runs(counts: Sequence[int], reference: bool = True) -> list[dict[str, Any]]:
+    """The runs of one seed: ``{"run", "method", "supervised", "unbiased"}``; N = 0 is ``gain``."""
+    runs = [{"run": "reference", "method": "cam", "supervised": None, "unbiased": True}] if reference else []
+    runs += [{"run": "cam", "method": "cam", "supervised": None, "unbiased": False},
+             {"run": "gain", "method": "gain", "supervised": None, "unbiased": False}]
+    runs += [{"run": f"gain-ext-{n}", "method": "gain-ext", "supervised": n, "unbiased": False} for n in counts if n > 0]
+    return runs
+
+
+def _predictions_and_energy(gain: Any, dataset: Any, device: torch.device,
+                            batch_size: int) -> tuple[list[int], list[int], list[float]]:
+    """Top-1 predictions, labels and, for images with boxes, the share of the ground-truth class's
+    attention inside its box (:func:`~gainet.evaluation.localization.energy_in_boxes`)."""
+    from gainet.evaluation.localization import energy_in_boxes
+    from gainet.training.data import eval_loader
+
+    predicted, labels, energies = [], [], []
+    was_training = gain.training
+    gain.eval()
+    try:
+        for batch in eval_loader(dataset, batch_size):
+            target = batch["labels"]
+            scores, pairs, maps = gain.label_attention(batch["image"].to(device), target.to(device))
+            predicted += scores.argmax(1).cpu().tolist()
+            labels += (target.argmax(1) if target.dim() == 2 else target).tolist()
+            pairs, maps = pairs.cpu(), maps.cpu().float()
+            keep = batch["has_boxes"].bool()[pairs[:, 0]]
+            if bool(keep.any()):
+                boxes = batch["box_masks"][pairs[keep, 0], pairs[keep, 1]]
+                energy, counted = energy_in_boxes(maps[keep], boxes)
+                energies += energy[counted].tolist()
+    finally:
+        gain.train(was_training)
+    return predicted, labels, energies
+
+
+def evaluate_split(gain: Any, dataset: Any, device: torch.device, batch_size: int = 64) -> dict[str, Any]:
+    """Accuracy and the other ``evaluate_gain`` metrics on one split, plus:
+
+    - ``box_energy`` where ``evaluate_gain`` gives none (datasets with boxes but no masks): mean
+      share of each ground-truth class's normalised attention inside that class's boxes;
+    - for datasets that know each image's context (the bias world): the accuracy on the images
+      whose context is another class's (``conflict_accuracy``) and on those whose context
+      matches (``match_accuracy``).
+    """
+    from gainet.evaluation.evaluate import evaluate_gain
+    from gainet.training.data import eval_loader
+
+    metrics = evaluate_gain(gain, eval_loader(dataset, batch_size), device=device)
+    metrics = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
+    predicted, labels, energies = _predictions_and_energy(gain, dataset, device, batch_size)
+    if "box_energy" not in metrics and energies:
+        metrics["box_energy"] = statistics.fmean(energies)
+    context = getattr(dataset, "context", None)
+    if callable(context):
+        contexts = [context(i) for i in range(len(dataset))]
+        for name, keep in (("conflict", lambda c, y: c != y), ("match", lambda c, y: c == y)):
+            chosen = [p == y for p, y, c in zip(predicted, labels, contexts) if keep(c, y)]
+            metrics[f"{name}_accuracy"] = sum(chosen) / len(chosen) if chosen else math.nan
+            metrics[f"{name}_images"] = len(chosen)
+    return metrics
+
+
+def _run_config(base: TrainConfig, run: dict[str, Any], seed: int, output_dir: Path,
+                train_split: str, unbiased_split: str) -> TrainConfig:
+    return base.replace(
+        method=run["method"], seed=seed, train_split=unbiased_split if run["unbiased"] else train_split,
+        supervised_count=run["supervised"], output_dir=str(output_dir / "runs" / f"seed{seed}" / run["run"]),
+    )
+
+
+def train_and_evaluate(config: TrainConfig, test_sets: dict[str, Any]) -> dict[str, Any]:
+    """Train one run (cached by its config) and evaluate it on each test split."""
+    from gainet.training.trainer import Trainer
+
+    cache = Path(config.output_dir) / "result.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if _cache_key(cached.get("config", {})) == _cache_key(config.to_dict()):
+            return cached
+    started = time.perf_counter()
+    trainer = Trainer(config)
+    trainer.fit()
+    seconds = time.perf_counter() - started
+    splits = {name: evaluate_split(trainer.gain, dataset, trainer.device) for name, dataset in test_sets.items()}
+    result = {"config": config.to_dict(), "train_seconds": seconds, "splits": splits}
+    cache.write_text(json.dumps(result, indent=2, default=_json_default))
+    return result
+
+
+def _cache_key(values: dict[str, Any]) -> dict[str, Any]:
+    """What a run's result depends on (not threads, progress bars or logs)."""
+    return {k: v for k, v in values.items() if k not in ("threads", "progress", "tensorboard", "num_workers")}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _flat(result: dict[str, Any], biased: str, decorrelated: str) -> dict[str, float]:
+    b, d = result["splits"][biased], result["splits"][decorrelated]
+    return {
+        "biased_accuracy": b.get("accuracy", math.nan),
+        "decorrelated_accuracy": d.get("accuracy", math.nan),
+        "conflict_accuracy": d.get("conflict_accuracy", math.nan),
+        "decorrelated_box_energy": d.get("box_energy", math.nan),
+        "biased_box_energy": b.get("box_energy", math.nan),
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else 0.0)
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std over seeds per run (``<metric>`` and ``<metric>_std``), in run order."""
+    order: list[str] = []
+    for row in rows:
+        if row["run"] not in order:
+            order.append(row["run"])
+    summary = []
+    for name in order:
+        group = [r for r in rows if r["run"] == name]
+        entry = {k: group[0][k] for k in ("run", "method", "supervised", "train_split")}
+        entry["seeds"] = len(group)
+        for metric in METRICS:
+            entry[metric], entry[f"{metric}_std"] = _mean_std([r[metric] for r in group])
+        entry["train_minutes"] = statistics.fmean(r["train_seconds"] for r in group) / 60.0
+        summary.append(entry)
+    return summary
+
+
+def _cell(entry: dict[str, Any], metric: str) -> str:
+    mean, std = entry.get(metric, math.nan), entry.get(f"{metric}_std", math.nan)
+    if mean is None or not math.isfinite(mean):
+        return "-"
+    return f"{mean:.3f} ± {std:.3f}" if entry["seeds"] > 1 else f"{mean:.3f}"
+
+
+def _column_name(entry: dict[str, Any], train_size: int) -> str:
+    if entry["run"] == "reference":
+        return "reference (cam, unbiased data)"
+    if entry["run"] == "cam":
+        return "CAM"
+    if entry["run"] == "gain":
+        return "GAIN (= GAIN_ext N=0)"
+    n = entry["supervised"]
+    return f"GAIN_ext N={n} ({100.0 * n / train_size:.0f}%)"
+
+
+def target_check(summary: list[dict[str, Any]], train_size: int) -> dict[str, Any] | None:
+    """GAIN_ext at 5% of the training images vs. ``TARGET_SHARE`` x the reference (decorrelated)."""
+    reference = next((e for e in summary if e["run"] == "reference"), None)
+    wanted = round(TARGET_FRACTION * train_size)
+    ext = next((e for e in summary if e["method"] == "gain-ext" and e["supervised"] == wanted), None)
+    if reference is None or ext is None:
+        return None
+    ratio = ext["decorrelated_accuracy"] / reference["decorrelated_accuracy"]
+    return {"supervised": wanted, "gain_ext_decorrelated": ext["decorrelated_accuracy"],
+            "reference_decorrelated": reference["decorrelated_accuracy"], "ratio": ratio,
+            "required_ratio": TARGET_SHARE, "met": bool(ratio >= TARGET_SHARE)}
+
+
+def markdown_report(summary: list[dict[str, Any]], train_size: int, target: dict[str, Any] | None,
+                    seeds: Sequence[int]) -> str:
+    """The paper's table layout: one column per model, one row per test measure."""
+    names = [_column_name(e, train_size) for e in summary]
+    lines = ["| measure | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for metric in METRICS:
+        if all(not math.isfinite(e.get(metric, math.nan)) for e in summary):
+            continue
+        lines.append(f"| {METRIC_LABELS[metric]} | " + " | ".join(_cell(e, metric) for e in summary) + " |")
+    text = "\n".join(lines)
+    note = (f"\n\nMean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
+            f"{train_size} training images; N = images with box supervision.")
+    if target is not None:
+        verdict = "met" if target["met"] else "MISSED"
+        note += (f"\nTarget: GAIN_ext with boxes on {target['supervised']} images reaches "
+                 f"{target['gain_ext_decorrelated']:.3f} decorrelated accuracy = {target['ratio']:.2f} x the "
+                 f"reference's {target['reference_decorrelated']:.3f} (required >= {TARGET_SHARE:.2f}): {verdict}.")
+    return text + note + "\n"
+
+
+def plot(summary: list[dict[str, Any]], path: Path, train_size: int, chance: float | None = None) -> Path:
+    """Accuracy (biased, decorrelated) and box energy vs. the number of supervised images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_run = {e["run"]: e for e in summary}
+    curve = sorted([e for e in summary if e["method"] == "gain-ext"] + ([by_run["gain"]] if "gain" in by_run else []),
+                   key=lambda e: e["supervised"] or 0)
+    xs = [e["supervised"] or 0 for e in curve]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5.6))
+    for metric, style, colour, label in (
+            ("biased_accuracy", "o-", "tab:blue", "test_biased"),
+            ("decorrelated_accuracy", "s-", "tab:orange", "test_decorrelated"),
+            ("conflict_accuracy", "^--", "tab:purple", "decorrelated, other class's context")):
+        if curve and all(math.isfinite(e[metric]) for e in curve):
+            left.errorbar(xs, [e[metric] for e in curve], yerr=[e[f"{metric}_std"] for e in curve], fmt=style,
+                          color=colour, capsize=3, label=f"GAIN_ext ({label})")
+    colours = {"cam": "tab:red", "reference": "tab:green"}
+    for run, colour in colours.items():
+        if run not in by_run:
+            continue
+        entry = by_run[run]
+        name = "CAM" if run == "cam" else "reference (unbiased data)"
+        left.axhline(entry["decorrelated_accuracy"], color=colour, linestyle="-", alpha=0.8,
+                     label=f"{name}, test_decorrelated")
+        if run == "cam":
+            left.axhline(entry["biased_accuracy"], color=colour, linestyle=":", alpha=0.8, label=f"{name}, test_biased")
+        if run == "reference":
+            left.axhline(TARGET_SHARE * entry["decorrelated_accuracy"], color=colour, linestyle="--", alpha=0.6,
+                         label=f"target: {TARGET_SHARE:.0%} of reference")
+    if chance:
+        left.axhline(chance, color="grey", linestyle=":", alpha=0.8, label=f"chance ({chance:.2f})")
+    left.set_ylim(0.0, 1.05)
+    left.set_xlabel(f"images with box supervision (of {train_size})")
+    left.set_ylabel("accuracy")
+    left.set_title("accuracy vs. supervised images (N=0: GAIN)")
+    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    for metric, style, colour, label in (("biased_box_energy", "o-", "tab:blue", "test_biased"),
+                                         ("decorrelated_box_energy", "s-", "tab:orange", "test_decorrelated")):
+        if curve and all(math.isfinite(e[metric]) for e in curve):
+            right.errorbar(xs, [e[metric] for e in curve], yerr=[e[f"{metric}_std"] for e in curve], fmt=style,
+                           color=colour, capsize=3, label=f"GAIN_ext ({label})")
+    for run, colour in colours.items():
+        if run in by_run and math.isfinite(by_run[run]["decorrelated_box_energy"]):
+            right.axhline(by_run[run]["decorrelated_box_energy"], color=colour, alpha=0.8,
+                          label=f"{'CAM' if run == 'cam' else 'reference'}, test_decorrelated")
+    right.set_xlabel(f"images with box supervision (of {train_size})")
+    right.set_ylabel("share of attention energy inside the box")
+    right.set_title("attention energy in the object box")
+    if right.get_legend_handles_labels()[0]:
+        right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def run_bias_study(
+    output_dir: str | Path = "runs/bias-study",
+    *,
+    supervision: Sequence[str | int | float] = DEFAULT_SUPERVISION,
+    seeds: int = 1,
+    first_seed: int = 0,
+    threads: int | None = None,
+    progress: bool = False,
+    reference: bool = True,
+    train_split: str = "train",
+    unbiased_split: str = "train_unbiased",
+    biased_split: str = "test_biased",
+    decorrelated_split: str = "test_decorrelated",
+    test_images: int | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Train and evaluate every run for ``seeds`` seeds; write results.json, table.md and the plot.
+
+    ``overrides`` replace fields of :data:`STUDY_CONFIG` (``epochs``, ``train_images``,
+    ``dataset``, ``data_root``, ...). ``test_images`` caps each test split (generated worlds).
+    Returns ``{"runs", "summary", "target", "table", "output"}``.
+    """
+    from gainet.data import build_dataset
+    from gainet.training.data import build_datasets
+
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    base = STUDY_CONFIG.replace(threads=threads, progress=progress, **overrides)
+    if base.dataset == "parts":
+        raise ValueError("the bias study needs a dataset with a biased and a decorrelated test split (bias, voc or folder)")
+    train_size = len(build_datasets(base.replace(method="cam"))[0])
+    counts = parse_supervision(supervision, train_size)
+    seed_list = list(range(first_seed, first_seed + seeds))
+    sized = {"num_images": test_images} if test_images and base.dataset in ("parts", "bias") else {}
+    test_sets = {
+        split: build_dataset(base.dataset, split, root=base.data_root, image_size=base.image_size,
+                             train_transforms=False, **base.dataset_options, **sized)
+        for split in (biased_split, decorrelated_split)
+    }
+    runs = study_runs(counts, reference=reference)
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for seed in seed_list:
+        for run in runs:
+            config = _run_config(base, run, seed, output, train_split, unbiased_split)
+            print(f"[bias-study] seed {seed}: {run['run']} ({config.method} on {config.train_split}"
+                  + (f", boxes on {run['supervised']} images" if run["supervised"] else "") + ") ...", flush=True)
+            result = train_and_evaluate(config, test_sets)
+            row = {"run": run["run"], "method": run["method"], "supervised": run["supervised"] or 0,
+                   "train_split": config.train_split, "seed": seed, "train_seconds": result["train_seconds"],
+                   **_flat(result, biased_split, decorrelated_split)}
+            rows.append(row)
+            print(f"[bias-study]   biased {row['biased_accuracy']:.3f} decorrelated {row['decorrelated_accuracy']:.3f} "
+                  f"conflict {row['conflict_accuracy']:.3f} box energy {row['decorrelated_box_energy']:.3f} "
+                  f"({result['train_seconds']:.0f} s)", flush=True)
+    summary = summarise(rows)
+    target = target_check(summary, train_size)
+    table = markdown_report(summary, train_size, target, seed_list)
+    (output / "table.md").write_text("# Bias study\n\n" + table)
+    num_classes = len(getattr(test_sets[decorrelated_split], "classes", []))
+    figure = plot(summary, output / "accuracy_vs_supervision.png", train_size,
+                  chance=1.0 / num_classes if num_classes else None)
+    seconds = time.perf_counter() - started
+    results = {
+        "config": base.to_dict(), "train_size": train_size, "supervision": counts, "seeds": seed_list,
+        "splits": {"biased": biased_split, "decorrelated": decorrelated_split, "train": train_split,
+                   "unbiased": unbiased_split},
+        "runs": rows, "summary": summary, "target": target, "seconds": seconds,
+        "train_seconds_total": sum(r["train_seconds"] for r in rows),
+    }
+    (output / "results.json").write_text(json.dumps(_finite(results), indent=2))
+    print(table)
+    print(f"[bias-study] {len(rows)} runs in {seconds / 60:.1f} min; wrote {output / 'results.json'}, "
+          f"{output / 'table.md'}, {figure}")
+    return {"runs": rows, "summary": summary, "target": target, "table": table, "output": str(output)}
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
