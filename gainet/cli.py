@@ -80,7 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     final = train(config_from_args(args))
     val = final.get("val", {})
-    print(" ".join(f"{k}={v:.4f}" for k, v in val.items() if isinstance(v, float)))
+    if val:  # rank 0 of a torchrun job, or a single process
+        print(" ".join(f"{k}={v:.4f}" for k, v in val.items() if isinstance(v, float)))
     return 0
 
 
