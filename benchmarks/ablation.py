@@ -24,6 +24,10 @@ from typing import Any
 BASE = dict(
     image_size=64, train_images=1200, model="small-cnn", model_width=16, epochs=8, warmup_epochs=2,
     batch_size=32, optimizer="adamw", lr=2e-3, schedule="cosine", progress=False, tensorboard=False, threads=1,
+    # METHOD.md's values, pinned: each variant changes one of them (TrainConfig's defaults were later
+    # set from this ablation's results, and must not change what "gain" means here).
+    sigma=0.5, omega=10.0, alpha=1.0, omega_e=10.0, am_gradient="all", erased_batchnorm="batch",
+    weights_grad=False, area_weight=0.0,
 )
 
 # name -> overrides of BASE (method included)
@@ -44,13 +48,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gain-adv/area0.1": {"method": "gain-adv", "area_weight": 0.1},
     "gain-adv/area0.3": {"method": "gain-adv", "area_weight": 0.3},
     "gain-ext": {"method": "gain-ext", "supervised_fraction": 0.05},
+    "gain-ext/omega_e1": {"method": "gain-ext", "supervised_fraction": 0.05, "omega_e": 1.0},
+    "gain-ext/alpha0": {"method": "gain-ext", "supervised_fraction": 0.05, "alpha": 0.0},
+    "gain-ext/warmup5": {"method": "gain-ext", "supervised_fraction": 0.05, "warmup_epochs": 5},
     "gain-adv-ext": {"method": "gain-adv-ext", "supervised_fraction": 0.05},
 }
 METRICS = ("mAP", "accuracy", "cam_miou", "cam_threshold", "coverage", "precision", "attention_iou", "pointing")
 
 
-def run_one(job: tuple[str, int, str, dict[str, Any], str]) -> dict[str, Any]:
-    name, seed, world, overrides, output = job
+def run_one(job: tuple[str, int, str, dict[str, Any], str, str]) -> dict[str, Any]:
+    name, seed, world, overrides, output, val_split = job
     import torch
 
     torch.set_num_threads(1)
@@ -58,7 +65,8 @@ def run_one(job: tuple[str, int, str, dict[str, Any], str]) -> dict[str, Any]:
     from gainet.training.trainer import train
 
     run_dir = Path(output) / "runs" / name.replace("/", "_") / f"seed{seed}"
-    config = TrainConfig(**{**BASE, "dataset": world, **overrides, "seed": seed, "output_dir": str(run_dir)})
+    config = TrainConfig(**{**BASE, "dataset": world, **overrides, "seed": seed, "output_dir": str(run_dir),
+                            "val_split": val_split})
     if world == "bias":
         config = config.replace(supervision="boxes")
     started = time.perf_counter()
@@ -119,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one CPU thread each)")
     parser.add_argument("--output", default="runs/ablation", help="output directory")
+    parser.add_argument("--val-split", default="val",
+                        help="split the final metrics are measured on (bias world: test_decorrelated)")
     args = parser.parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -128,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     results_path = output / "results.json"
     done: list[dict[str, Any]] = json.loads(results_path.read_text()) if results_path.is_file() else []
     finished = {(r["variant"], r["seed"]) for r in done}
-    jobs = [(v, s, args.world, VARIANTS[v], str(output)) for s in args.seeds for v in args.variants
+    jobs = [(v, s, args.world, VARIANTS[v], str(output), args.val_split) for s in args.seeds for v in args.variants
             if (v, s) not in finished]
     print(f"[ablation] {len(jobs)} runs to do ({len(finished)} already in {results_path})", flush=True)
     results = list(done)
@@ -137,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             results_path.write_text(json.dumps(results, indent=1))  # resumable: finished runs are kept
     _, table = summarise(results, args.variants)
-    header = (f"world={args.world}, seeds={args.seeds}, split=val, base budget: "
+    header = (f"world={args.world}, seeds={args.seeds}, split={args.val_split}, base: "
               + ", ".join(f"{k}={v}" for k, v in BASE.items() if k not in ("progress", "tensorboard", "threads")))
     (output / "table.md").write_text(header + "\n\n" + table + "\n")
     print(header)
