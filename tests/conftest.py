@@ -10,22 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gainet.data.voc import voc_palette  # the fixtures write real VOC palette PNGs
+
 VOC_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc-samples"
-
-
-def voc_palette() -> list[int]:
-    """The 256-colour PASCAL VOC palette (bit-interleaved colour map), flat [r, g, b, ...]."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 def save_index_png(path: Path, array: np.ndarray) -> None:

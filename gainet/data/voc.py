@@ -163,3 +163,18 @@ class VOCDataset(FileDataset):
                 raise DataError(record.mask, f"cannot read SBD mask ({type(err).__name__}: {err})") from err
             return np.asarray(target).astype(np.int64)
         return super().read_segmentation(record)
+
+
+def voc_palette() -> list[int]:
+    """The 256-colour PASCAL VOC palette, flat ``[r, g, b, ...]`` (255 = ignore is cream)."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette

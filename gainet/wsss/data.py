@@ -30,6 +30,7 @@ from gainet.data import build_dataset
 from gainet.data.files import FileDataset
 from gainet.data.readers import read_index_mask
 from gainet.data.transforms import IGNORE_INDEX
+from gainet.data.voc import voc_palette
 from gainet.data.worlds import World
 
 META_FILE = "meta.json"
@@ -184,21 +185,6 @@ def load_cams(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if maps.ndim != 3 or maps.shape[0] != keys.shape[0]:
         raise ValueError(f"{path}: cams file has keys {keys.shape} and maps {maps.shape}")
     return keys, maps
-
-
-def voc_palette() -> list[int]:
-    """The 256-colour PASCAL VOC palette, flat ``[r, g, b, ...]`` (255 = ignore is cream)."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 _PALETTE = voc_palette()
