@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from gainet.core.backbone import batchnorm_in_eval_mode, batchnorm_with_batch_stats_only
 from gainet.core.gain import GAIN, GAINOutput
 from gainet.core.losses import class_scores, classification_loss
 
@@ -71,9 +70,8 @@ class AdversarialGAIN(GAIN):
         return [p for p in self.parameters() if id(p) not in adversary]
 
     def _erased_scores(self, erased: Tensor, class_index: Tensor) -> Tensor:
-        batchnorm = batchnorm_in_eval_mode if self.erased_batchnorm == "running" else batchnorm_with_batch_stats_only
         constants = {name: p.detach() for name, p in self.adversary.named_parameters()}
-        with batchnorm(self.adversary):
+        with self.erased_batchnorm_context(self.adversary):
             scores = functional_call(self.adversary, constants, (erased,))
         return class_scores(scores, class_index, self.multi_label)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -187,10 +187,16 @@ class GAIN(nn.Module):
         return scores.detach(), maps.detach()
 
     # ------------------------------------------------------------------ training
+    def erased_batchnorm_context(self, network: nn.Module) -> AbstractContextManager[None]:
+        """How ``network``'s BatchNorm layers meet erased images (``erased_batchnorm``): never
+        moving a running statistic."""
+        if self.erased_batchnorm == "running":
+            return batchnorm_in_eval_mode(network)
+        return batchnorm_with_batch_stats_only(network)
+
     def _erased_scores(self, erased: Tensor, class_index: Tensor) -> Tensor:
         """S_am: bounded score of each pair's class on its erased image ``(P,)``."""
-        batchnorm = batchnorm_in_eval_mode if self.erased_batchnorm == "running" else batchnorm_with_batch_stats_only
-        with batchnorm(self.backbone.model):
+        with self.erased_batchnorm_context(self.backbone.model):
             if self.am_gradient == "attention":
                 constants = {name: p.detach() for name, p in self.backbone.named_parameters()}
                 scores, _ = functional_call(self.backbone, constants, (erased,))
