@@ -155,7 +155,9 @@ def write_demo_report(output_dir: Path, methods: tuple[str, ...], rows: list[dic
             "body with weaker class evidence. Every method trained with the same budget; metrics on the test "
             "split. cam_miou: mIoU of the attention maps against the object masks at the best background "
             "threshold (cam_threshold); coverage / precision: share of object pixels above 0.5 / share of "
-            "pixels above 0.5 that lie on the object; pointing: share of maps whose peak is on the object."]},
+            "pixels above 0.5 that lie on the object; pointing: share of maps whose peak is on the object. "
+            "This is one seed: small models differ by several points from seed to seed, so read differences "
+            "against the 3-seed ablation in docs/ablation.md, not against this table alone."]},
         {"title": "Metrics", "items": [table]},
         {"title": "Training curves", "items": [{"image": curves.name, "caption": "per epoch"}]},
         {"title": "Attention maps", "items": [{"image": grid.name,
