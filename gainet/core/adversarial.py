@@ -13,8 +13,8 @@ import copy
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
+from gainet.core.backbone import call_with_constant_parameters
 from gainet.core.gain import GAIN, GAINOutput
 from gainet.core.losses import class_scores, classification_loss
 
@@ -70,9 +70,8 @@ class AdversarialGAIN(GAIN):
         return [p for p in self.parameters() if id(p) not in adversary]
 
     def _erased_scores(self, erased: Tensor, class_index: Tensor) -> Tensor:
-        constants = {name: p.detach() for name, p in self.adversary.named_parameters()}
         with self.erased_batchnorm_context(self.adversary):
-            scores = functional_call(self.adversary, constants, (erased,))
+            scores = call_with_constant_parameters(self.adversary, erased)
         return class_scores(scores, class_index, self.multi_label)
 
     def forward(

@@ -13,6 +13,7 @@ from typing import Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,13 @@ def _probe_mode(model: nn.Module, training: bool) -> Iterator[None]:
     finally:
         for module, flag in flags.items():
             module.training = flag
+
+
+def call_with_constant_parameters(module: nn.Module, *inputs: Tensor) -> object:
+    """``module(*inputs)`` with every parameter detached: gradients reach the inputs only, never
+    the module's weights (the S_am stream routed "only through the attention map")."""
+    constants = {name: p.detach() for name, p in module.named_parameters()}
+    return functional_call(module, constants, inputs)
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -8,10 +8,14 @@ from typing import Literal, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from gainet.core.attention import attention_maps, gradcam_weights, label_pairs, linear_head_weights
-from gainet.core.backbone import AttentionBackbone, batchnorm_in_eval_mode, batchnorm_with_batch_stats_only
+from gainet.core.backbone import (
+    AttentionBackbone,
+    batchnorm_in_eval_mode,
+    batchnorm_with_batch_stats_only,
+    call_with_constant_parameters,
+)
 from gainet.core.losses import (
     attention_mining_loss,
     class_scores,
@@ -198,8 +202,7 @@ class GAIN(nn.Module):
         """S_am: bounded score of each pair's class on its erased image ``(P,)``."""
         with self.erased_batchnorm_context(self.backbone.model):
             if self.am_gradient == "attention":
-                constants = {name: p.detach() for name, p in self.backbone.named_parameters()}
-                scores, _ = functional_call(self.backbone, constants, (erased,))
+                scores, _ = call_with_constant_parameters(self.backbone, erased)
             else:
                 scores, _ = self.backbone(erased)
         return class_scores(scores, class_index, self.multi_label)

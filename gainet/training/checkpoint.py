@@ -39,3 +39,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path}: not a gainet checkpoint (no 'model'/'config' entries)")
     return state
+
+
+def resolve_resume(resume: str | None, output_dir: str | Path) -> str | None:
+    """``--resume`` value to a checkpoint path: ``"auto"`` means ``output_dir/last.pt`` if it exists."""
+    if resume != "auto":
+        return resume
+    last = Path(output_dir) / "last.pt"
+    return str(last) if last.is_file() else None

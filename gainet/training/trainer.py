@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from gainet.core import GAIN, AdversarialGAIN
 from gainet.evaluation.evaluate import evaluate_gain
 from gainet.models import build_classifier
-from gainet.training.checkpoint import load_checkpoint, save_atomic
+from gainet.training.checkpoint import load_checkpoint, resolve_resume, save_atomic
 from gainet.training.config import ADVERSARIAL_METHODS, SUPERVISED_METHODS, TrainConfig
 from gainet.training.data import build_datasets, epoch_loader, eval_loader
 from gainet.training.distributed import DistributedContext
@@ -136,9 +136,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._writer = None
 
-        resume = config.resume
-        if resume == "auto":
-            resume = str(self.output_dir / "last.pt") if (self.output_dir / "last.pt").is_file() else None
+        resume = resolve_resume(config.resume, self.output_dir)
         if resume:
             self.load(resume)
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from gainet.data.transforms import IGNORE_INDEX, JointTransform
 from gainet.evaluation.report import markdown_table
 from gainet.evaluation.segmentation import ConfusionMatrix
-from gainet.training.checkpoint import load_checkpoint, save_atomic
+from gainet.training.checkpoint import load_checkpoint, resolve_resume, save_atomic
 from gainet.wsss import data as io
 from gainet.wsss.cams import parse_base_size, per_class_rows, require_complete, scaled_sizes, to_input
 from gainet.wsss.crf import CRFParams, crf_probabilities
@@ -132,9 +132,7 @@ class SegTrainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
-        resume = config.resume
-        if resume == "auto":
-            resume = str(self.output_dir / "last.pt") if (self.output_dir / "last.pt").is_file() else None
+        resume = resolve_resume(config.resume, self.output_dir)
         if resume:
             self.load(resume)
 
