@@ -72,14 +72,17 @@ class ClassificationMeter:
     def reset(self) -> None:
         """Forget every batch seen so far."""
         c = self.num_classes
+        # The meter measures the data it was given: under torch.distributed, torchmetrics would
+        # otherwise gather over all ranks in compute() and hang a rank that evaluates alone.
+        local = {"sync_on_compute": False}
         if self.multi_label:
-            self._ap = MultilabelAveragePrecision(c, average=None, thresholds=None)
-            self._stats = MultilabelStatScores(c, threshold=self.threshold, average=None)
-            self._accuracy = MultilabelAccuracy(c, threshold=self.threshold, average="micro")
-            self._exact = MultilabelExactMatch(c, threshold=self.threshold)
+            self._ap = MultilabelAveragePrecision(c, average=None, thresholds=None, **local)
+            self._stats = MultilabelStatScores(c, threshold=self.threshold, average=None, **local)
+            self._accuracy = MultilabelAccuracy(c, threshold=self.threshold, average="micro", **local)
+            self._exact = MultilabelExactMatch(c, threshold=self.threshold, **local)
         else:
-            self._top1 = MulticlassAccuracy(c, average="micro", top_k=1)
-            self._confusion = MulticlassConfusionMatrix(c)
+            self._top1 = MulticlassAccuracy(c, average="micro", top_k=1, **local)
+            self._confusion = MulticlassConfusionMatrix(c, **local)
         self._positives = torch.zeros(self.num_classes, dtype=torch.long)
         self.num_samples = 0
 

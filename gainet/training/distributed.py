@@ -5,9 +5,8 @@ gradient of the same global batch as one process."""
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -84,27 +83,6 @@ class DistributedContext:
             return convert_batchnorm(module, nn.SyncBatchNorm)
         # A group of its own keeps these collectives apart from DDP's gradient buckets.
         return convert_batchnorm(module, DistributedBatchNorm, process_group=dist.new_group(backend="gloo"))
-
-    @contextmanager
-    def local_metrics(self) -> Iterator[None]:
-        """A block in which torchmetrics metrics created there compute on this process's data alone.
-
-        torchmetrics gathers its states over all ranks in ``compute()`` whenever a process group
-        exists; rank 0 evaluating the validation split by itself would then wait forever for the
-        other ranks. (The lasting fix belongs in ``gainet/evaluation/classification.py``: pass
-        ``sync_on_compute=False`` to its metrics; this block is then a no-op.)
-        """
-        if not self.enabled:
-            yield
-            return
-        import torchmetrics.metric
-
-        original = torchmetrics.metric.jit_distributed_available
-        torchmetrics.metric.jit_distributed_available = lambda: False
-        try:
-            yield
-        finally:
-            torchmetrics.metric.jit_distributed_available = original
 
     def shutdown(self) -> None:
         if self.enabled and dist.is_initialized():

@@ -299,11 +299,10 @@ class Trainer:
         """Validation metrics (rank 0 evaluates the whole split; other ranks wait)."""
         loader = eval_loader(self.val_set, max(1, self.config.batch_size), self.config.num_workers,
                              pin_memory=self.device.type == "cuda")
-        with self.context.local_metrics():  # rank 0 alone: no cross-rank gathering in torchmetrics
-            return evaluate_gain(
-                self.gain, loader, device=self.device, max_batches=self.config.eval_batches,
-                progress=self.config.progress, desc=f"val {self.config.method}",
-            )
+        return evaluate_gain(
+            self.gain, loader, device=self.device, max_batches=self.config.eval_batches,
+            progress=self.config.progress, desc=f"val {self.config.method}",
+        )
 
     def _score(self, metrics: dict[str, Any]) -> float:
         return float(metrics.get("mAP", metrics.get("accuracy", float("nan"))))
