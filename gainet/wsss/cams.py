@@ -222,9 +222,7 @@ def eval_cams(
     """
     cams_dir = Path(cams_dir)
     meta = io.read_meta(cams_dir, CAMS_STAGE, "gainet make-cams")
-    dataset = io.open_dataset(meta["data"], root=data_root)
-    classes = list(meta["classes"])
-    io.check_classes(dataset.classes, classes, f"dataset {meta['data']['dataset']!r}")
+    dataset, classes = io.open_stage_dataset(meta, data_root)
     folder = cams_dir / CAMS_DIR
     require_complete(folder, dataset, ".npy", "gainet make-cams")
     sweep = AttentionSweep(len(classes), default_thresholds() if thresholds is None else thresholds)

@@ -140,6 +140,15 @@ def check_classes(found: Sequence[str], expected: Sequence[str], what: str) -> N
                          f"expected {len(expected)} {list(expected)[:4]}...")
 
 
+def open_stage_dataset(meta: dict[str, Any], data_root: str | None = None) -> tuple[Dataset, list[str]]:
+    """The dataset an earlier stage's ``meta.json`` recorded (optionally at another root) and its
+    class list, with a one-line error when the dataset's classes no longer match."""
+    dataset = open_dataset(meta["data"], root=data_root)
+    classes = list(meta["classes"])
+    check_classes(dataset.classes, classes, f"dataset {meta['data']['dataset']!r}")
+    return dataset, classes
+
+
 # ----------------------------------------------------------------------------- per-image files
 def item_path(folder: str | Path, image_id: str, suffix: str) -> Path:
     """``folder/<image_id><suffix>``; ids with ``/`` (folder datasets) become sub-folders."""

@@ -128,9 +128,7 @@ def make_pseudo_labels(
         from gainet.wsss.crf import _densecrf
 
         _densecrf()  # fail before any work when the package is missing
-    dataset = io.open_dataset(meta["data"], root=data_root)
-    classes = list(meta["classes"])
-    io.check_classes(dataset.classes, classes, f"dataset {meta['data']['dataset']!r}")
+    dataset, classes = io.open_stage_dataset(meta, data_root)
     folder = cams_dir / CAMS_DIR
     require_complete(folder, dataset, ".npy", "gainet make-cams")
     output = Path(output_dir)
@@ -177,9 +175,7 @@ def eval_pseudo_labels(labels_dir: str | Path, *, data_root: str | None = None, 
     """
     labels_dir = Path(labels_dir)
     meta = io.read_meta(labels_dir, LABELS_STAGE, "gainet pseudo-labels")
-    dataset = io.open_dataset(meta["data"], root=data_root)
-    classes = list(meta["classes"])
-    io.check_classes(dataset.classes, classes, f"dataset {meta['data']['dataset']!r}")
+    dataset, classes = io.open_stage_dataset(meta, data_root)
     folder = labels_dir / LABELS_DIR
     require_complete(folder, dataset, ".png", "gainet pseudo-labels")
     all_pixels, confident = ConfusionMatrix(len(classes) + 1), ConfusionMatrix(len(classes) + 1)
