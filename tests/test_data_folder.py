@@ -121,3 +121,16 @@ def test_single_label_folder_is_inferred(tmp_path):
     assert FolderDataset(root, "train", multi_label=True).multi_label
     (root / "labels.csv").write_text("image,labels,split\na.jpg,ant,train\nb.jpg,moth;ant,val\n")
     assert FolderDataset(root, "train").multi_label  # the val entry decides for every split
+
+
+def test_voc_layout_with_classes_file_from_a_relative_root(tmp_path, monkeypatch):
+    # The classes.txt found in the folder was joined to the root a second time (vx/good/vx/good/classes.txt).
+    build_voc_tree(tmp_path / "vx" / "good")
+    write_lines(tmp_path / "vx" / "good" / "classes.txt", ["aeroplane", "bicycle", "bird"])
+    monkeypatch.chdir(tmp_path)
+    data = build_dataset("folder", "val", root="vx/good", image_size=40)
+    assert isinstance(data, VOCDataset) and data.classes == ["aeroplane", "bicycle", "bird"]
+    assert _names(data, data[0]) == ["bird"]
+    # An explicit classes file is still relative to the dataset directory.
+    write_lines(tmp_path / "vx" / "good" / "mine.txt", ["aeroplane", "bicycle", "bird", "boat"])
+    assert len(load_folder("vx/good", "val", classes="mine.txt").classes) == 4

@@ -250,11 +250,15 @@ def load_folder(root: str | Path, split: str | None = None, **options) -> FileDa
     root = Path(root)
     if (root / "JPEGImages").is_dir() or (root / "VOCdevkit" / "VOC2012").is_dir():
         voc_root = find_voc_root(root)
-        classes_file = options.pop("classes", None)
-        if classes_file is None:
-            classes_file = next((p for p in (root / "classes.txt", voc_root / "classes.txt") if p.is_file()), None)
-        classes = classes_file if isinstance(classes_file, (list, tuple)) else (
-            readers.read_classes(root / classes_file) if classes_file is not None else VOC_CLASSES
-        )
+        classes_option = options.pop("classes", None)
+        if isinstance(classes_option, (list, tuple)):
+            classes: Sequence[str] = classes_option
+        else:
+            # A given file is relative to the dataset directory; a found one is already a full path
+            # (joining it to a relative root again would double the root).
+            classes_file = root / classes_option if classes_option is not None else next(
+                (p for p in (root / "classes.txt", voc_root / "classes.txt") if p.is_file()), None
+            )
+            classes = readers.read_classes(classes_file) if classes_file is not None else VOC_CLASSES
         return VOCDataset(root, split or "train", classes=classes, **options)
     return FolderDataset(root, split, **options)
