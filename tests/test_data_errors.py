@@ -211,3 +211,29 @@ def test_data_error_survives_a_dataloader_worker(tmp_path):
     loader = torch.utils.data.DataLoader(FolderDataset(root, image_size=16), batch_size=1, num_workers=1)
     with pytest.raises(DataError, match="a.png: cannot read image"):
         next(iter(loader))
+
+
+def test_16_bit_images_are_scaled_to_8_bit_not_clipped_white(tmp_path):
+    from PIL import Image
+
+    from gainet.data.readers import read_rgb
+
+    # A 16-bit grayscale PNG (Pillow mode I;16) spanning the whole 0..65535 range.
+    values = np.linspace(0, 65535, 20 * 30).round().astype(np.uint16).reshape(20, 30)
+    root = _folder(tmp_path / "d", "a.png,cat\nb.png,dog\n")
+    Image.fromarray(values).save(root / "images" / "a.png")
+    assert Image.open(root / "images" / "a.png").mode == "I;16"
+    expected = np.floor(values.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)  # v / 257, rounded
+    rgb = read_rgb(root / "images" / "a.png")
+    assert rgb.dtype == np.uint8 and rgb.shape == (20, 30, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(rgb[..., channel], expected)
+    # The dataset (training and explain read through read_rgb) sees the same picture, not white.
+    raw = FolderDataset(root).load_raw(FolderDataset(root).records[0])
+    np.testing.assert_array_equal(raw.image[..., 0], expected)
+    assert raw.image.min() == 0 and raw.image.max() == 255
+    # A float image outside [0, 1] has no agreed scale: one line naming the file.
+    Image.fromarray(np.full((20, 30), 3.0, np.float32)).save(root / "images" / "b.tif")
+    with pytest.raises(DataError) as err:
+        read_rgb(root / "images" / "b.tif")
+    _one_line(err, "b.tif", "outside [0, 1]")

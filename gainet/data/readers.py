@@ -37,13 +37,38 @@ def require_file(path: Path, what: str) -> None:
         raise DataError(path, f"{what} not found")
 
 
+def _gray_to_8bit(img: Image.Image, path: Path) -> np.ndarray:
+    """uint8 (H, W) of a grayscale image deeper than 8 bits (modes ``I;16*``, ``I``, ``F``).
+
+    Pillow's ``convert("RGB")`` clips such values at 255 (a 16-bit photo turns solid white), so
+    they are scaled instead: integers from the 16-bit range (0..65535 -> 0..255, i.e. v / 257
+    rounded), floats from [0, 1]. Values outside those ranges have no agreed meaning: DataError.
+    """
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        if values.size and (np.nanmin(values) < 0 or np.nanmax(values) > 1 or np.isnan(values).any()):
+            raise DataError(path, f"float image with values outside [0, 1] ({np.nanmin(values):g}..{np.nanmax(values):g})")
+        scale = 255.0
+    else:
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise DataError(path, f"{img.mode} image with values outside 0..65535 ({values.min():g}..{values.max():g})")
+        scale = 255.0 / 65535.0
+    return np.rint(values * scale).astype(np.uint8)
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to uint8 (H, W, 3) RGB."""
+    """Decode an image file to uint8 (H, W, 3) RGB.
+
+    Every image the package reads goes through here. Grayscale deeper than 8 bits (16-bit
+    PNG/TIFF, modes ``I;16``, ``I``, ``F``) is scaled to 0..255 (see ``_gray_to_8bit``).
+    """
     path = Path(path)
     require_file(path, "image file")
     try:
         with Image.open(path) as img:
             img.load()  # decode now so a truncated file fails here, not later
+            if img.mode.startswith("I") or img.mode == "F":
+                return np.repeat(_gray_to_8bit(img, path)[..., None], 3, axis=2)
             return np.array(img.convert("RGB"))
     except _IMAGE_ERRORS as err:
         raise DataError(path, f"cannot read image ({type(err).__name__}: {err})") from err
