@@ -2,23 +2,43 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 OnError = Literal["raise", "skip"]
 
 
+# The last line of a traceback that torch's DataLoader hands back from a worker:
+# "gainet.data.errors.DataError: <file>: <problem>".
+_TRACEBACK_LAST_LINE = re.compile(r"^(?:[\w.]+\.)?DataError: (?P<message>.*)$")
+
+
 class DataError(ValueError):
-    """Bad input data: the message is one line naming the file and the problem."""
+    """Bad input data: the message is one line naming the file and the problem.
+
+    Pickling keeps ``file`` and ``problem``. A DataLoader worker's error reaches the main process as
+    ``DataError(<whole worker traceback>)`` (torch rebuilds the exception from its formatted
+    traceback); the file and problem are recovered from its last line, so the message stays
+    one line there too.
+    """
 
     def __init__(self, file: object, problem: str | None = None) -> None:
         if problem is None:
-            # Rebuilt from its message alone: unpickling, or a DataLoader worker re-raising it.
-            self.file, self.problem = "", str(file)
-            super().__init__(str(file))
-            return
+            # Rebuilt from a message alone: unpickled from an old pickle, or re-raised by torch.
+            file, problem = _split_message(str(file))
         self.file = str(file)
         self.problem = " ".join(str(problem).split())  # keep the message on one line
-        super().__init__(f"{self.file}: {self.problem}")
+        super().__init__(f"{self.file}: {self.problem}" if self.file else self.problem)
+
+
+def _split_message(text: str) -> tuple[str, str]:
+    """(file, problem) of a ``"<file>: <problem>"`` message, or of a worker traceback ending in one."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if len(lines) > 1:
+        match = _TRACEBACK_LAST_LINE.match(lines[-1].strip())
+        text = match.group("message") if match else lines[-1]
+    file, separator, problem = text.partition(": ")
+    return (file, problem) if separator else ("", text)
 
 
 def check_on_error(on_error: str) -> OnError:
