@@ -237,3 +237,33 @@ def test_16_bit_images_are_scaled_to_8_bit_not_clipped_white(tmp_path):
     with pytest.raises(DataError) as err:
         read_rgb(root / "images" / "b.tif")
     _one_line(err, "b.tif", "outside [0, 1]")
+    assert str(err.value).count("b.tif") == 1
+
+
+def test_rgb_mask_message_names_the_file_once(tmp_path):
+    root = _folder(tmp_path / "d", "a.png,cat\nb.png,dog\n")
+    save_image(root / "masks" / "a.png", 20, 30)  # RGB: not an index mask
+    with pytest.raises(DataError) as err:
+        FolderDataset(root)[0]
+    _one_line(err, "palette or grayscale index image, got mode RGB")
+    assert str(err.value).count("a.png") == 1, str(err.value)
+    assert err.value.file == str(root / "masks" / "a.png")
+
+
+@pytest.mark.parametrize("text", ["<annotation></annotation>", "<annotation/>", "<annotation> </annotation>"])
+def test_empty_annotation_has_no_objects_not_no_root(tmp_path, text):
+    from gainet.data.readers import read_voc_xml
+
+    path = tmp_path / "a.xml"
+    path.write_text(text)
+    assert read_voc_xml(path) == []
+    # An image whose only annotation is empty has no label: said so, naming the XML.
+    root = _folder(tmp_path / "d", "a.png,cat\nb.png,dog\n")
+    (root / "labels.csv").write_text("image,labels\na.png,cat\n")
+    (root / "boxes").mkdir()
+    (root / "boxes" / "a.xml").write_text(text)
+    assert FolderDataset(root)[0]["has_boxes"].item() is False
+    (tmp_path / "b.xml").write_text("<notvoc><object/></notvoc>")
+    with pytest.raises(DataError) as err:
+        read_voc_xml(tmp_path / "b.xml")
+    _one_line(err, "b.xml", "not a VOC annotation (root element <notvoc>")

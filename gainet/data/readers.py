@@ -70,6 +70,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
             if img.mode.startswith("I") or img.mode == "F":
                 return np.repeat(_gray_to_8bit(img, path)[..., None], 3, axis=2)
             return np.array(img.convert("RGB"))
+    except DataError:
+        raise  # already names the file (DataError is a ValueError, one of _IMAGE_ERRORS)
     except _IMAGE_ERRORS as err:
         raise DataError(path, f"cannot read image ({type(err).__name__}: {err})") from err
 
@@ -96,6 +98,8 @@ def read_index_mask(path: str | Path) -> np.ndarray:
             if img.mode not in INDEX_MASK_MODES:
                 raise DataError(path, f"mask must be a palette or grayscale index image, got mode {img.mode}")
             return np.asarray(img).astype(np.int64)
+    except DataError:
+        raise  # already names the file (DataError is a ValueError, one of _IMAGE_ERRORS)
     except _IMAGE_ERRORS as err:
         raise DataError(path, f"cannot read mask ({type(err).__name__}: {err})") from err
 
@@ -162,13 +166,14 @@ def read_voc_xml(path: str | Path) -> list[tuple[str, tuple[float, float, float,
     path = Path(path)
     require_file(path, "annotation file")
     try:
-        tree = VOCDetection.parse_voc_xml(xml_parse(path).getroot())
+        root = xml_parse(path).getroot()
     except (ParseError, OSError) as err:
         raise DataError(path, f"cannot parse XML ({type(err).__name__}: {err})") from err
-    annotation = tree.get("annotation")
-    if not isinstance(annotation, dict):
-        raise DataError(path, "not a VOC annotation (no <annotation> root)")
-    objects = annotation.get("object", [])
+    if root.tag != "annotation":
+        raise DataError(path, f"not a VOC annotation (root element <{root.tag}>, not <annotation>)")
+    # An empty <annotation/> parses to {} or {"annotation": ""}: a valid file with no objects.
+    annotation = VOCDetection.parse_voc_xml(root).get("annotation")
+    objects = annotation.get("object", []) if isinstance(annotation, dict) else []
     if isinstance(objects, dict):
         objects = [objects]
     out = []
