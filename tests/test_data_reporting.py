@@ -46,3 +46,64 @@ def test_bad_file_in_a_worker_is_one_line_on_the_command_line(tmp_path, capsys):
     lines = _error_lines(capsys)
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"gainet train: error: {root / 'images' / 'b.png'}: cannot read image"), lines
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ("on_eror=skip", "unknown parts dataset option 'on_eror'; valid: "),
+        ("objects=3", "parts dataset option objects=3 must be a list [an integer, an integer]"),
+        ("image_size=20", "dataset option 'image_size': set by the training config"),
+    ],
+)
+def test_bad_dataset_options_are_one_line(tmp_path, capsys, options, message):
+    args = ["train", "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--warmup-epochs", "0",
+            "--dataset-options", options]
+    assert main(args) == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"gainet train: error: {message}"), lines
+
+
+def test_folder_and_voc_dataset_options_are_checked(tmp_path, capsys):
+    from gainet.data import build_dataset
+
+    root = _folder(tmp_path / "d")
+    with pytest.raises(ValueError, match=r"^unknown folder dataset option 'on_eror'; valid: .*on_error"):
+        build_dataset("folder", "train", root=root, on_eror="skip")
+    with pytest.raises(ValueError, match=r"^folder dataset option validate='yes' must be true or false$"):
+        build_dataset("folder", "train", root=root, validate="yes")
+    assert len(build_dataset("folder", "train", root=root, on_error="skip", classes=["cat", "dog"])) == 4
+    with pytest.raises(ValueError, match=r"^unknown voc dataset option 'images'"):
+        build_dataset("voc", "train", root=root, images="pics")
+    assert main(_train_args(root, tmp_path / "run", "--dataset-options", "masks=3")) == 2
+    lines = _error_lines(capsys)
+    assert lines == ["gainet train: error: folder dataset option masks=3 must be text or null"], lines
+
+
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("epochs: ten\n", "config value epochs='ten' must be an integer"),
+        ("lr: fast\n", "config value lr='fast' must be a number"),
+        ("dataset_options: [1]\n", "config value dataset_options=[1] must be a mapping"),
+        ("progress: 3\n", "config value progress=3 must be true or false"),
+    ],
+)
+def test_yaml_value_of_the_wrong_type_is_one_line(tmp_path, capsys, yaml_text, message):
+    (tmp_path / "c.yaml").write_text(yaml_text)
+    key = yaml_text.split(":")[0]
+    quick = {"epochs": "1", "warmup-epochs": "0", "train-images": "8", "val-images": "4", "image-size": "32",
+             "model-width": "4", "batch-size": "4", "threads": "1"}  # should the check be missing
+    args = [item for flag, value in quick.items() if flag != key for item in (f"--{flag}", value)]
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "run"),
+                 "--no-tensorboard", *args]) == 2
+    lines = _error_lines(capsys)
+    assert lines == [f"gainet train: error: {message}"], lines
+
+
+def test_yaml_number_written_as_text_is_read_as_a_number():
+    from gainet.training.config import TrainConfig
+
+    # PyYAML reads "1e-3" (no dot) as text; a float field takes it as the number it spells.
+    config = TrainConfig.from_dict({"lr": "1e-3", "grad_clip": "2"})
+    assert config.lr == 0.001 and config.grad_clip == 2.0

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from gainet.options import check_options, keyword_types
+
 from .folder import load_folder
 from .voc import VOC_SPLITS, VOCDataset
 from .worlds import BiasWorld, PartsWorld
@@ -13,6 +15,8 @@ from .worlds import BiasWorld, PartsWorld
 WORLDS = {"parts": PartsWorld, "bias": BiasWorld}
 DATASET_NAMES = ("parts", "bias", "voc", "folder")
 DEFAULT_IMAGE_SIZE = {"parts": 64, "bias": 64, "voc": 224, "folder": 224}
+# Arguments build_dataset sets itself (from its own parameters), so not dataset options.
+OWN_ARGUMENTS = ("split", "root", "image_size", "train_transforms")
 
 
 def dataset_splits(name: str) -> tuple[str, ...]:
@@ -47,7 +51,8 @@ def build_dataset(
             ``FolderDataset``), e.g. ``seed``, ``bias_p``, ``sbd_root``, ``on_error``.
 
     Raises:
-        ValueError: unknown name or split (one line listing the valid ones).
+        ValueError: unknown name or split, unknown option name or option value of the wrong
+            type (one line naming it).
         DataError: bad data on disk.
     """
     splits = dataset_splits(name)
@@ -55,11 +60,13 @@ def build_dataset(
         raise ValueError(f"unknown split {split!r} for dataset {name!r}; valid: {', '.join(splits)}")
     size = DEFAULT_IMAGE_SIZE[name] if image_size is None else int(image_size)
     if name in WORLDS:
+        options = check_options(options, keyword_types(WORLDS[name], exclude=OWN_ARGUMENTS), f"{name} dataset option")
         return WORLDS[name](split, image_size=size, train_transforms=bool(train_transforms), **options)
     if root is None:
         raise ValueError(f"dataset {name!r} needs root=<data directory>")
     augment = str(split).startswith("train") if train_transforms is None else bool(train_transforms)
     if name == "voc":
         # VOCDataset checks the split: VOC's names, or any ImageSets file present.
+        options = check_options(options, keyword_types(VOCDataset, exclude=OWN_ARGUMENTS), "voc dataset option")
         return VOCDataset(root, split, image_size=size, train_transforms=augment, **options)
     return load_folder(root, split, image_size=size, train_transforms=augment, **options)

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from gainet.options import check_options, keyword_types
+
 from . import readers
 from .errors import DataError
 from .files import FileDataset, Record
@@ -248,7 +250,13 @@ def load_folder(root: str | Path, split: str | None = None, **options) -> FileDa
     For VOC layout the classes come from ``root/classes.txt`` (VOC's 20 without one).
     """
     root = Path(root)
-    if (root / "JPEGImages").is_dir() or (root / "VOCdevkit" / "VOC2012").is_dir():
+    voc_layout = (root / "JPEGImages").is_dir() or (root / "VOCdevkit" / "VOC2012").is_dir()
+    accepted = keyword_types(FolderDataset, exclude=("root", "split"))
+    if voc_layout:  # VOCDataset's options, with classes given as a list or a file as for a folder
+        accepted = {**keyword_types(VOCDataset, exclude=("root", "split")), "classes": accepted["classes"]}
+    what = "dataset option (folder in VOC layout)" if voc_layout else "folder dataset option"
+    options = check_options(options, accepted, what)
+    if voc_layout:
         voc_root = find_voc_root(root)
         classes_option = options.pop("classes", None)
         if isinstance(classes_option, (list, tuple)):

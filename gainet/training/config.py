@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 import yaml
+
+from gainet.options import check_options
 
 METHODS = ("cam", "gain", "gain-ext", "gain-adv", "gain-adv-ext")
 # Methods whose L_e sees masks/boxes, and methods with a separate adversary scoring erased images.
@@ -36,7 +39,8 @@ class DictConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown {cls.config_name} keys: {', '.join(unknown)}")
-        return cls(**values)
+        # A YAML value of the wrong type ("epochs: ten") is a one-line error here, not a TypeError later.
+        return cls(**check_options(values, typing.get_type_hints(cls), f"{cls.config_name} value"))
 
     def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]

@@ -64,6 +64,11 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
     """Training set (with GAIN_ext's supervision view) and validation set."""
     options = dict(config.dataset_options)
     sizes = {"train": config.train_images, "val": config.val_images}
+    own = [key for key in ("root", "split", "image_size", "train_transforms") if key in options]
+    own += ["num_images"] if "num_images" in options and any(sizes.values()) else []
+    if own:
+        raise ValueError(f"dataset option {own[0]!r}: set by the training config (data_root, train_split/val_split, "
+                         "image_size, augment, train_images/val_images), not by dataset_options")
     if any(sizes.values()) and config.dataset not in GENERATED_WORLDS:
         raise ValueError(f"train_images/val_images apply to the generated worlds, not to {config.dataset!r}")
     train = build_dataset(
