@@ -267,3 +267,33 @@ def test_empty_annotation_has_no_objects_not_no_root(tmp_path, text):
     with pytest.raises(DataError) as err:
         read_voc_xml(tmp_path / "b.xml")
     _one_line(err, "b.xml", "not a VOC annotation (root element <notvoc>")
+
+
+def test_mask_disagreeing_with_the_labels_file_is_an_error_or_a_counted_skip(tmp_path):
+    root = _folder(tmp_path / "d", "a.png,cat\nb.png,dog\nc.png,cat;dog\n")
+    seg = np.zeros((20, 30), np.uint8)
+    seg[2:8, 2:8] = 2  # dog, while labels.csv says cat
+    save_index_png(root / "masks" / "a.png", seg)
+    seg_b = np.zeros((20, 30), np.uint8)
+    seg_b[2:8, 2:8] = 2
+    save_index_png(root / "masks" / "b.png", seg_b)  # agrees: dog
+    seg_c = np.zeros((20, 30), np.uint8)
+    seg_c[2:8, 2:8] = 1
+    save_index_png(root / "masks" / "c.png", seg_c)  # cat only, labels.csv says cat and dog
+    lazy = FolderDataset(root, image_size=16)
+    with pytest.raises(DataError) as err:
+        lazy[0]
+    _one_line(err, str(root / "masks" / "a.png"), "mask shows dog", "labels.csv lists cat")
+    assert lazy[1]["labels"].tolist() == [0.0, 1.0]
+    with pytest.raises(DataError) as err:
+        lazy[2]
+    _one_line(err, "c.png", "mask shows cat", "lists cat, dog")
+    with pytest.raises(DataError):
+        FolderDataset(root, validate=True)
+    data = FolderDataset(root, validate=True, on_error="skip", image_size=16)
+    assert len(data) == 1 and [Path(f).name for f, _ in data.skipped] == ["a.png", "c.png"]
+    # 255 (ignore) and background pixels say nothing about the classes.
+    seg[2:8, 2:8] = 1
+    seg[0] = 255
+    save_index_png(root / "masks" / "a.png", seg)
+    assert FolderDataset(root, image_size=16)[0]["labels"].tolist() == [1.0, 0.0]

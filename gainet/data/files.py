@@ -26,6 +26,7 @@ class Record:
     labels: 0-based class ids from a labels file, or None to derive them from the mask
     (else from the boxes). mask: class-index image (PNG, or SBD ``.mat``). annotation: VOC
     XML with boxes. boxes: inline boxes ((class id, XYXY), ...) read from ``boxes_source``.
+    labels_source: the file ``labels`` were read from (named when the mask disagrees with them).
     """
 
     image_id: str
@@ -35,6 +36,7 @@ class Record:
     annotation: Path | None = None
     boxes: tuple[tuple[int, tuple[float, float, float, float]], ...] | None = None
     boxes_source: str | None = None
+    labels_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ class FileDataset(Dataset):
         if record.labels is not None:
             labels = tuple(sorted(set(record.labels)))
             source = record.image
+            if segmentation is not None:
+                self._check_mask_agrees(segmentation, labels, record)
         elif segmentation is not None:
             present = np.unique(segmentation)
             labels = tuple(int(v) - 1 for v in present if 0 < v <= len(self.classes))
@@ -160,6 +164,16 @@ class FileDataset(Dataset):
         if not labels:
             raise DataError(source, "empty label set (no foreground class)")
         return RawItem(image, segmentation, boxes, box_labels, labels)
+
+    def _check_mask_agrees(self, segmentation: np.ndarray, labels: tuple[int, ...], record: Record) -> None:
+        """Raise ``DataError`` naming the mask when the classes it shows (ids 1..C; 0 and 255 say
+        nothing) are not exactly the labels listed for its image: L_e would otherwise supervise a
+        listed class with an empty mask, or the mask's other class would be taught as background."""
+        shown = tuple(int(v) - 1 for v in np.unique(segmentation) if 0 < v <= len(self.classes))
+        if shown != labels:
+            names = lambda ids: ", ".join(self.classes[i] for i in ids) or "no class"  # noqa: E731
+            where = Path(record.labels_source).name if record.labels_source else "the labels file"
+            raise DataError(record.mask, f"mask shows {names(shown)} but {where} lists {names(labels)} for {record.image.name}")
 
     # -- Dataset API -----------------------------------------------------------------------
     def __len__(self) -> int:

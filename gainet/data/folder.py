@@ -241,7 +241,8 @@ class FolderDataset(FileDataset):
             objects = coco.get(image.relative_to(self.images_dir).as_posix()) or coco.get(image.name)
             if objects:
                 inline = tuple((self.class_id(name, f"{box_source} (image {image.name})"), box) for name, box in objects)
-        return Record(image_id, image, labels=labels, mask=mask, annotation=annotation, boxes=inline, boxes_source=str(box_source) if inline else None)
+        return Record(image_id, image, labels=labels, mask=mask, annotation=annotation, boxes=inline,
+                      boxes_source=str(box_source) if inline else None, labels_source=str(labels_path))
 
 
 def load_folder(root: str | Path, split: str | None = None, **options) -> FileDataset:
