@@ -15,6 +15,7 @@ import torch
 
 from gainet.core import GAIN
 from gainet.data import build_dataset
+from gainet.data.errors import skip_line, skip_summary
 from gainet.data.readers import read_rgb
 from gainet.data.transforms import build_transform
 from gainet.evaluation.evaluate import evaluate_gain
@@ -60,11 +61,14 @@ def evaluate_checkpoint(
     for split in splits:
         dataset = build_dataset(config.dataset, split, root=data_root or config.data_root,
                                 image_size=config.image_size, train_transforms=False, **config.dataset_options)
+        if skip_summary(dataset)["count"]:  # also in metrics.json / metrics.md (skipped, skipped_files)
+            logger.warning(skip_line(f"split {split!r}", skip_summary(dataset)))
         results[split] = evaluate_gain(gain, eval_loader(dataset, batch_size), device=torch_device,
                                        max_batches=max_batches, desc=f"evaluate {split}")
     rows = [{"split": s, **{k: v for k, v in m.items() if isinstance(v, (int, float))}} for s, m in results.items()]
     columns = ["split"] + [c for c in ("mAP", "accuracy", "cam_miou", "cam_threshold", "coverage", "precision",
                                        "attention_iou", "pointing", "box_energy", "images") if any(c in r for r in rows)]
+    columns += ["skipped"] if any(r.get("skipped") for r in rows) else []
     table = markdown_table(rows, columns)
     output = Path(output_dir) if output_dir else Path(checkpoint).parent
     output.mkdir(parents=True, exist_ok=True)

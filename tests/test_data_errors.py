@@ -297,3 +297,16 @@ def test_mask_disagreeing_with_the_labels_file_is_an_error_or_a_counted_skip(tmp
     seg[0] = 255
     save_index_png(root / "masks" / "a.png", seg)
     assert FolderDataset(root, image_size=16)[0]["labels"].tolist() == [1.0, 0.0]
+
+
+def test_skip_summary_counts_all_and_names_the_first_few(tmp_path):
+    from gainet.data.errors import skip_line, skip_summary
+
+    root = _folder(tmp_path / "d", "".join(f"{n}.png,cat\n" for n in ("a", "g1", "g2", "g3", "g4", "g5", "g6")))
+    data = FolderDataset(root, on_error="skip")
+    summary = skip_summary(data, limit=2)
+    assert summary["count"] == 6 and [Path(i["file"]).name for i in summary["first"]] == ["g1.png", "g2.png"]
+    line = skip_line("split 'train'", summary)
+    assert "\n" not in line and line.startswith("split 'train': 6 files skipped (on_error=skip): ")
+    assert line.endswith("; and 4 more") and "g1.png: listed in labels.csv but not found" in line
+    assert skip_summary(object()) == {"count": 0, "first": []}

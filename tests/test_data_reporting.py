@@ -107,3 +107,37 @@ def test_yaml_number_written_as_text_is_read_as_a_number():
     # PyYAML reads "1e-3" (no dot) as text; a float field takes it as the number it spells.
     config = TrainConfig.from_dict({"lr": "1e-3", "grad_clip": "2"})
     assert config.lr == 0.001 and config.grad_clip == 2.0
+
+
+def test_skipped_files_are_counted_in_the_log_metrics_final_json_and_evaluate_report(tmp_path, caplog, capsys):
+    import csv
+    import json
+    import logging
+
+    root = _folder(tmp_path / "d")
+    with open(root / "labels.csv", "a") as file:
+        file.write("ghost.png,cat,train\n")  # listed, not on disk: dropped when the dataset is built
+    (root / "images" / "f.png").write_bytes(b"junk")  # val image that cannot be decoded (validate=true)
+    run = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        assert main(_train_args(root, run, "--dataset-options", "on_error=skip,validate=true")) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(w.startswith("split 'train': 1 file skipped (on_error=skip): ") and "ghost.png" in w for w in warnings)
+    assert any(w.startswith("split 'val': 1 file skipped") and "f.png: cannot read image" in w for w in warnings)
+    with open(run / "metrics.csv") as file:
+        row = next(csv.DictReader(file))
+    assert (row["train/skipped"], row["val/skipped"]) == ("1", "1")
+    final = json.loads((run / "final.json").read_text())
+    assert final["train/skipped"] == 1 and final["val"]["skipped"] == 1
+    assert [Path(item["file"]).name for item in final["train_skipped_files"]] == ["ghost.png"]
+    assert len(final["val"]["skipped_files"]) == 1
+    assert final["val"]["skipped_files"][0].startswith(f"{root / 'images' / 'f.png'}: cannot read image")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["evaluate", "--checkpoint", str(run / "last.pt"), "--output", str(tmp_path / "ev"),
+                     "--device", "cpu"]) == 0
+    assert any("1 file skipped" in r.getMessage() and "f.png" in r.getMessage() for r in caplog.records)
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())["splits"]["val"]
+    assert metrics["skipped"] == 1 and metrics["images"] == 1 and "f.png" in metrics["skipped_files"][0]
+    table = (tmp_path / "ev" / "metrics.md").read_text()
+    assert "skipped" in table.splitlines()[2]  # the table's header row names the column

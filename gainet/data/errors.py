@@ -59,3 +59,23 @@ class SkipLog:
         if self.on_error == "raise":
             raise error
         self.skipped.append((error.file, error.problem))
+
+
+# How many skipped files a log line or a results file names (all are counted).
+SKIP_EXAMPLES = 5
+
+
+def skip_summary(dataset: object, limit: int = SKIP_EXAMPLES) -> dict:
+    """``{"count": n, "first": [{"file", "reason"}, ...]}``: the items ``dataset`` dropped under
+    ``on_error="skip"`` (its ``skipped`` list), the first ``limit`` named; count 0 for datasets
+    that never skip (the generated worlds)."""
+    skipped = list(getattr(dataset, "skipped", None) or [])
+    return {"count": len(skipped), "first": [{"file": str(f), "reason": str(r)} for f, r in skipped[:limit]]}
+
+
+def skip_line(name: str, summary: dict) -> str:
+    """One log line for a ``skip_summary``: ``train: 2 files skipped (on_error=skip): a.png: ...; b.png: ...``."""
+    count, first = summary["count"], summary["first"]
+    shown = "; ".join(f"{item['file']}: {item['reason']}" for item in first)
+    more = f"; and {count - len(first)} more" if count > len(first) else ""
+    return f"{name}: {count} file{'s' if count != 1 else ''} skipped (on_error=skip): {shown}{more}"

@@ -13,6 +13,7 @@ from gainet.evaluation.classification import ClassificationMeter
 from gainet.evaluation.localization import AttentionSweep, CoverageMeter
 
 IGNORE_INDEX = 255
+SKIP_EXAMPLES = 5  # skipped files named in the results (all are counted)
 
 
 def evaluate_gain(
@@ -33,7 +34,9 @@ def evaluate_gain(
 
     Returns:
         flat metrics: ``mAP`` (multi-label) or ``accuracy`` (single-label), the attention metrics
-        above when masks exist, ``images``: number of images seen.
+        above when masks exist, ``images``: number of images seen, ``skipped``: number of items
+        the dataset dropped under ``on_error="skip"`` (and ``skipped_files``: the first few,
+        ``"file: reason"``, when there are any).
     """
     dataset = loader.dataset
     num_classes = len(dataset.classes)
@@ -74,6 +77,12 @@ def evaluate_gain(
         gain.train(was_training)
     metrics: dict[str, Any] = dict(classification.compute())
     metrics["images"] = images_seen
+    # Items the dataset dropped under on_error="skip" ((file, reason) in its ``skipped``): the
+    # numbers above cover the rest, so the results say how many and which.
+    skipped = list(getattr(dataset, "skipped", None) or [])
+    metrics["skipped"] = len(skipped)
+    if skipped:
+        metrics["skipped_files"] = [f"{file}: {reason}" for file, reason in skipped[:SKIP_EXAMPLES]]
     if seen_masks:
         swept = sweep.compute()
         metrics["cam_miou"] = float(swept["best_miou"])

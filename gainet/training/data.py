@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from gainet.data import build_dataset
+from gainet.data.errors import skip_line, skip_summary
 from gainet.training.config import SUPERVISED_METHODS, TrainConfig
 from gainet.training.distributed import DistributedContext
 
@@ -79,6 +80,10 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
         config.dataset, config.val_split, root=config.data_root, image_size=config.image_size,
         train_transforms=False, **options, **({"num_images": sizes["val"]} if sizes["val"] else {}),
     )
+    for split, dataset in ((config.train_split, train), (config.val_split, val)):
+        summary = skip_summary(dataset)
+        if summary["count"]:  # also counted in metrics.csv / final.json (train/skipped, val/skipped)
+            logger.warning(skip_line(f"split {split!r}", summary))
     prerender = getattr(train, "prerender", None)
     if config.num_workers > 0 and callable(prerender):
         prerender()  # generated worlds: forked workers then share one in-memory cache

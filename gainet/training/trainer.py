@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from gainet.core import GAIN, AdversarialGAIN
+from gainet.data.errors import skip_summary
 from gainet.evaluation.evaluate import evaluate_gain
 from gainet.models import build_classifier
 from gainet.training.checkpoint import load_checkpoint, resolve_resume, save_atomic
@@ -339,7 +340,8 @@ class Trainer:
         final: dict[str, Any] = dict(self.history[-1]) if self.history else {}
         for epoch in range(self.start_epoch, config.epochs):
             started = time.perf_counter()
-            row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+            row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
+                                   "train/skipped": skip_summary(self.train_set)["count"]}
             row.update(self.train_epoch(epoch))
             self.scheduler.step()
             if self.adversary_scheduler is not None:
@@ -362,7 +364,8 @@ class Trainer:
             if self.context.is_main:
                 logger.info("epoch %d: %s", epoch + 1, _summary(row))
         if self.context.is_main:
-            (self.output_dir / "final.json").write_text(json.dumps(_jsonable(final), indent=2))
+            final_record = {**final, "train_skipped_files": skip_summary(self.train_set)["first"]}
+            (self.output_dir / "final.json").write_text(json.dumps(_jsonable(final_record), indent=2))
         if self._writer is not None:
             self._writer.close()
         return final
