@@ -18,7 +18,7 @@ from gainet.data import build_dataset
 from gainet.data.errors import skip_line, skip_summary
 from gainet.data.readers import read_rgb
 from gainet.data.transforms import build_transform
-from gainet.evaluation.evaluate import evaluate_gain
+from gainet.evaluation.evaluate import check_same_classes, evaluate_gain
 from gainet.evaluation.overlays import denormalise, overlay, save_png
 from gainet.evaluation.report import markdown_table
 from gainet.training.checkpoint import load_checkpoint
@@ -55,12 +55,13 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on each split; write ``metrics.json`` and ``metrics.md``."""
     torch_device = resolve_device(device, DistributedContext())
-    gain, config, _ = load_trained(checkpoint, torch_device)
+    gain, config, state = load_trained(checkpoint, torch_device)
     splits = list(splits or DEFAULT_TEST_SPLITS.get(config.dataset, [config.val_split]))
     results: dict[str, dict[str, Any]] = {}
     for split in splits:
         dataset = build_dataset(config.dataset, split, root=data_root or config.data_root,
                                 image_size=config.image_size, train_transforms=False, **config.dataset_options)
+        check_same_classes(state["classes"], dataset.classes, f"{checkpoint} on split {split!r}")
         if skip_summary(dataset)["count"]:  # also in metrics.json / metrics.md (skipped, skipped_files)
             logger.warning(skip_line(f"split {split!r}", skip_summary(dataset)))
         results[split] = evaluate_gain(gain, eval_loader(dataset, batch_size), device=torch_device,

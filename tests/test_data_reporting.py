@@ -141,3 +141,36 @@ def test_skipped_files_are_counted_in_the_log_metrics_final_json_and_evaluate_re
     assert metrics["skipped"] == 1 and metrics["images"] == 1 and "f.png" in metrics["skipped_files"][0]
     table = (tmp_path / "ev" / "metrics.md").read_text()
     assert "skipped" in table.splitlines()[2]  # the table's header row names the column
+
+
+def test_evaluate_refuses_a_dataset_whose_classes_differ_from_the_checkpoints(tmp_path, capsys):
+    from conftest import write_lines
+
+    root = _folder(tmp_path / "d")  # classes inferred from labels.csv: cat, dog
+    assert main(_train_args(root, tmp_path / "run")) == 0
+    capsys.readouterr()
+    checkpoint = str(tmp_path / "run" / "last.pt")
+    swapped = _folder(tmp_path / "swapped")
+    write_lines(swapped / "classes.txt", ["dog", "cat"])  # the same classes, another order
+    evaluate = ["evaluate", "--checkpoint", checkpoint, "--output", str(tmp_path / "ev"), "--device", "cpu"]
+    assert main([*evaluate, "--data-root", str(swapped)]) == 2
+    lines = _error_lines(capsys)
+    assert lines == [f"gainet evaluate: error: {checkpoint} on split 'val': the model's classes are the dataset's in "
+                     "another order (position 1: model 'cat', data 'dog'); evaluate with the class list it was "
+                     "trained on"], lines
+    assert not (tmp_path / "ev" / "metrics.json").exists()
+    write_lines(swapped / "classes.txt", ["cat", "dog", "emu"])
+    assert main([*evaluate, "--data-root", str(swapped)]) == 2
+    assert _error_lines(capsys) == [f"gainet evaluate: error: {checkpoint} on split 'val': the model's 2 classes "
+                                    "differ from the dataset's 3: only the data has emu"]
+    assert main([*evaluate, "--data-root", str(root)]) == 0
+    assert (tmp_path / "ev" / "metrics.json").exists()
+
+
+def test_check_same_classes_passes_equal_lists_only():
+    from gainet.evaluation.evaluate import check_same_classes
+
+    check_same_classes(["a", "b"], ("a", "b"), "x")
+    with pytest.raises(ValueError, match=r"^x: the model's 2 classes differ from the dataset's 2: only the model has "
+                                         r"b; only the data has c$"):
+        check_same_classes(["a", "b"], ["a", "c"], "x")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -14,6 +14,27 @@ from gainet.evaluation.localization import AttentionSweep, CoverageMeter
 
 IGNORE_INDEX = 255
 SKIP_EXAMPLES = 5  # skipped files named in the results (all are counted)
+
+
+def check_same_classes(model: Sequence[str], data: Sequence[str], where: str) -> None:
+    """Raise a one-line ``ValueError`` starting with ``where`` unless the model's class list
+    (a checkpoint's) equals the data's, order included: output ``k`` is scored against label
+    ``k``, so the same classes in another order would be scored silently wrong.
+    """
+    model, data = [str(c) for c in model], [str(c) for c in data]
+    if model == data:
+        return
+    if sorted(model) == sorted(data):
+        index = next(i for i, (m, d) in enumerate(zip(model, data)) if m != d)
+        raise ValueError(f"{where}: the model's classes are the dataset's in another order (position {index + 1}: model "
+                         f"{model[index]!r}, data {data[index]!r}); evaluate with the class list it was trained on")
+    only_model = [c for c in model if c not in data]
+    only_data = [c for c in data if c not in model]
+    detail = "; ".join(part for part in (
+        f"only the model has {', '.join(only_model)}" if only_model else "",
+        f"only the data has {', '.join(only_data)}" if only_data else "",
+    ) if part) or "same names, repeated differently"
+    raise ValueError(f"{where}: the model's {len(model)} classes differ from the dataset's {len(data)}: {detail}")
 
 
 def evaluate_gain(
