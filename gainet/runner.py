@@ -18,6 +18,7 @@ from gainet.data import build_dataset
 from gainet.data.errors import skip_line, skip_summary
 from gainet.data.readers import read_rgb
 from gainet.data.transforms import build_transform
+from gainet.evaluation.classification import AP_DEFINITIONS
 from gainet.evaluation.evaluate import check_same_classes, evaluate_gain
 from gainet.evaluation.overlays import denormalise, overlay, save_png
 from gainet.evaluation.report import markdown_table
@@ -67,7 +68,7 @@ def evaluate_checkpoint(
         results[split] = evaluate_gain(gain, eval_loader(dataset, batch_size), device=torch_device,
                                        max_batches=max_batches, desc=f"evaluate {split}")
     rows = [{"split": s, **{k: v for k, v in m.items() if isinstance(v, (int, float))}} for s, m in results.items()]
-    columns = ["split"] + [c for c in ("mAP", "accuracy", "cam_miou", "cam_threshold", "coverage", "precision",
+    columns = ["split"] + [c for c in ("mAP", "mAP_voc", "accuracy", "cam_miou", "cam_threshold", "coverage", "precision",
                                        "attention_iou", "pointing", "box_energy", "images") if any(c in r for r in rows)]
     columns += ["skipped"] if any(r.get("skipped") for r in rows) else []
     table = markdown_table(rows, columns)
@@ -75,6 +76,8 @@ def evaluate_checkpoint(
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.json").write_text(json.dumps(
         {"checkpoint": str(checkpoint), "method": config.method, "splits": results}, indent=2, default=_json_default))
+    # Which average precision each mAP column is (torchmetrics' vs the VOC devkit's differ).
+    table += "".join(f"\n\n{key}: {text}" for key, text in AP_DEFINITIONS.items() if key in columns)
     (output / "metrics.md").write_text(f"# {Path(checkpoint).name} ({config.method})\n\n{table}\n")
     return {"splits": results, "markdown": table, "output": str(output)}
 

@@ -291,3 +291,77 @@ def test_pointing_and_energy_functions_respect_valid_pixels():
     no_object = torch.zeros(1, 2, 3)
     hit, counted = pointing_hits(maps[:1], no_object)
     assert counted.tolist() == [False] and hit.tolist() == [False]
+
+
+# ------------------------------------------------------------------ VOC devkit average precision
+
+
+def _voc_example():
+    # class 0: ranking pos, neg, neg, pos, pos (3 positives): precision 1, 1/2, 1/3, 2/4, 3/5 at
+    # recall 1/3, 1/3, 1/3, 2/3, 1; it rises again at the end, where the definitions part.
+    # class 1: a tie at 0.5 between a negative (listed first) and the only positive.
+    # class 2: no positive.
+    scores = torch.tensor([[0.9, 0.5, 0.1], [0.8, 0.5, 0.2], [0.7, 0.4, 0.3], [0.6, 0.3, 0.4], [0.5, 0.2, 0.5]])
+    targets = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 0], [1, 0, 0], [1, 0, 0]])
+    return scores, targets
+
+
+def test_voc_all_point_ap_by_hand_in_float64():
+    from gainet.evaluation.classification import voc_average_precision
+
+    scores, targets = _voc_example()
+    ap = voc_average_precision(scores, targets)
+    assert ap.dtype == torch.float64
+    # class 0, interpolated precision (best at this recall or beyond): 1 on (0, 1/3], 3/5 on (1/3, 1]
+    assert ap[0].item() == approx(1 / 3 * 1 + 2 / 3 * 3 / 5, abs=1e-15)  # 11/15
+    # class 1: the devkit's stable sort ranks the earlier-listed negative first: precision 1/2 at recall 1
+    assert ap[1].item() == approx(1 / 2, abs=1e-15)
+    assert math.isnan(ap[2].item())
+    # listed the other way round, the positive wins the tie
+    swapped = voc_average_precision(scores[[1, 0, 2, 3, 4]], targets[[1, 0, 2, 3, 4]])
+    assert swapped[1].item() == approx(1.0, abs=1e-15)
+
+
+def test_voc2007_eleven_point_ap_by_hand():
+    from gainet.evaluation.classification import voc_average_precision
+
+    scores, targets = _voc_example()
+    ap = voc_average_precision(scores, targets, eleven_point=True)
+    # class 0: levels 0, .1, .2, .3 reach precision 1; .4 .. 1.0 (7 levels) reach at best 3/5
+    assert ap[0].item() == approx((4 * 1 + 7 * 3 / 5) / 11, abs=1e-15)
+    # class 1: precision 1/2 at recall 1, so 1/2 at every level
+    assert ap[1].item() == approx(1 / 2, abs=1e-15)
+    assert math.isnan(ap[2].item())
+
+
+def test_meter_reports_voc_ap_beside_torchmetrics_ap_and_names_both():
+    scores, targets = _voc_example()
+    meter = ClassificationMeter(3, multi_label=True, voc_ap=True)
+    meter.update(scores[:2], targets[:2])
+    meter.update(scores[2:], targets[2:])
+    result = meter.compute()
+    # torchmetrics' non-interpolated AP for class 0: (1 + 2/4 + 3/5) / 3 = 0.7; the VOC one 11/15.
+    assert result["ap_per_class"][0] == approx(0.7, abs=1e-6)
+    assert result["ap_voc_per_class"][0] == approx(11 / 15, abs=1e-12)
+    assert result["mAP_voc"] == approx((11 / 15 + 1 / 2) / 2, abs=1e-12)
+    assert set(result["ap_definition"]) == {"mAP", "mAP_voc"} and "VOC2010" in result["ap_definition"]["mAP_voc"]
+    plain = ClassificationMeter(3, multi_label=True)
+    plain.update(scores, targets)
+    assert "mAP_voc" not in plain.compute()
+
+
+def test_evaluate_gain_on_voc_reports_the_voc_ap(voc_tree, tmp_path):
+    from gainet.data import FolderDataset, VOCDataset
+    from gainet.evaluation.evaluate import evaluate_gain
+    from gainet.training.config import TrainConfig
+    from gainet.training.data import eval_loader
+    from gainet.training.trainer import build_gain
+
+    root, _ = voc_tree
+    voc = VOCDataset(root, "train", image_set="main", image_size=32)
+    torch.manual_seed(0)
+    gain = build_gain(TrainConfig(model_width=4, image_size=32), len(voc.classes), True)
+    metrics = evaluate_gain(gain, eval_loader(voc, 4))
+    assert 0.0 <= metrics["mAP_voc"] <= 1.0 and "mAP" in metrics
+    assert "VOC2010" in metrics["ap_definition"]["mAP_voc"]
+    assert getattr(FolderDataset, "ap_definition", None) is None  # other datasets: torchmetrics' mAP only

@@ -79,7 +79,12 @@ class VOCDataset(FileDataset):
         sbd_root: SBD ``dataset`` directory (``img/``, ``cls/``, ``train.txt``, ``val.txt``).
         classes: foreground class names, id = position + 1 (VOC's 20 by default).
         Other arguments: see ``FileDataset``.
+
+    ``ap_definition = "voc"``: evaluation also reports the VOC devkit's average precision
+    (``mAP_voc``) for this dataset.
     """
+
+    ap_definition = "voc"
 
     def __init__(
         self,

@@ -54,7 +54,8 @@ def evaluate_gain(
     ``attention_iou`` / ``pointing`` at threshold 0.5, ``box_energy`` where boxes exist.
 
     Returns:
-        flat metrics: ``mAP`` (multi-label) or ``accuracy`` (single-label), the attention metrics
+        flat metrics: ``mAP`` (multi-label; on a dataset with ``ap_definition == "voc"`` also
+        ``mAP_voc``, the VOC devkit's AP, and ``ap_definition``) or ``accuracy`` (single-label), the attention metrics
         above when masks exist, ``images``: number of images seen, ``skipped``: number of items
         the dataset dropped under ``on_error="skip"`` (and ``skipped_files``: the first few,
         ``"file: reason"``, when there are any).
@@ -64,7 +65,10 @@ def evaluate_gain(
     multi_label = bool(dataset.multi_label)
     was_training = gain.training
     gain.eval()
-    classification = ClassificationMeter(num_classes, multi_label)
+    # Datasets whose benchmark defines its own AP say so (VOCDataset.ap_definition = "voc"): report
+    # that one too (mAP_voc), beside the torchmetrics mAP that model selection uses everywhere.
+    voc_ap = getattr(dataset, "ap_definition", None) == "voc"
+    classification = ClassificationMeter(num_classes, multi_label, voc_ap=voc_ap)
     sweep = AttentionSweep(num_classes)
     coverage = CoverageMeter(threshold=0.5)
     seen_masks = seen_boxes = images_seen = 0
