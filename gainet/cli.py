@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import types
 import typing
@@ -350,6 +351,10 @@ def add_bias_study_command(commands: Any) -> None:
     bias.set_defaults(func=cmd_bias_study)
 
 
+# Commands that open checkpoints (they take --unsafe-load).
+CHECKPOINT_COMMANDS = ("train", "evaluate", "explain", "make-cams", "train-seg", "eval-seg")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gainet",
@@ -403,6 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     add_wsss_commands(commands)
     add_bias_study_command(commands)
+    for name in CHECKPOINT_COMMANDS:
+        commands.choices[name].add_argument(
+            "--unsafe-load", action="store_true",
+            help="load checkpoints with full unpickling, which runs any code a file holds: only for trusted "
+                 "files written by old gainet versions (also: GAINET_UNSAFE_LOAD=1)")
     return parser
 
 
@@ -415,12 +425,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     func: Callable[[argparse.Namespace], int] = args.func
+    unsafe = getattr(args, "unsafe_load", False)
+    if unsafe:  # read by every checkpoint load of this command; restored after it
+        from gainet.training.checkpoint import UNSAFE_LOAD_ENV
+
+        unsafe_before = os.environ.get(UNSAFE_LOAD_ENV)
+        os.environ[UNSAFE_LOAD_ENV] = "1"
     try:
         return func(args)
     except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as error:
         # Bad input is reported in one line; genuine bugs keep their traceback.
         print(f"gainet {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if unsafe and unsafe_before is None:
+            os.environ.pop(UNSAFE_LOAD_ENV, None)
+        elif unsafe:
+            os.environ[UNSAFE_LOAD_ENV] = unsafe_before
 
 
 if __name__ == "__main__":

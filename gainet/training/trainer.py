@@ -160,7 +160,7 @@ class Trainer:
             "history": self.history,
             "rng": {
                 "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
+                "numpy": _numpy_rng_state(),
                 "python": random.getstate(),
             },
         }
@@ -366,6 +366,14 @@ class Trainer:
         if self._writer is not None:
             self._writer.close()
         return final
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    """numpy's global RNG state as a tensor and plain values: ``weights_only`` loading accepts it
+    (numpy arrays would need unpickling arbitrary globals)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
 
 
 def _summary(row: dict[str, Any]) -> str:
