@@ -93,3 +93,38 @@ def test_old_checkpoint_loads_only_with_the_explicit_opt_out(trained: Path, tmp_
                  "--unsafe-load"]) == 0
     assert (out / "metrics.json").is_file()
     assert "GAINET_UNSAFE_LOAD" not in os.environ  # the flag does not outlive its command
+
+
+# ---------------------------------------------------------------- 11.4 non-finite checkpoints
+def test_diverged_model_is_never_saved_or_selected(tmp_path: Path, monkeypatch) -> None:
+    from gainet.training.trainer import Trainer
+
+    original = Trainer.train_epoch
+
+    def diverge_in_epoch_two(self, epoch):
+        metrics = original(self, epoch)
+        if epoch == 1:  # a finite loss, but BatchNorm's running variance overflowed
+            bn = next(m for m in self.gain.modules() if isinstance(m, torch.nn.BatchNorm2d))
+            bn.running_var[0] = float("inf")
+        return metrics
+
+    monkeypatch.setattr(Trainer, "train_epoch", diverge_in_epoch_two)
+    config = tiny(tmp_path, method="cam", keep_epoch_checkpoints=True)
+    with pytest.raises(FloatingPointError, match="non-finite values .* after epoch 2, first '.*running_var'"):
+        train(config)
+    run = Path(config.output_dir)
+    for name in ("last.pt", "best.pt"):
+        assert load_checkpoint(run / name)["epoch"] == 1
+    assert not (run / "epoch-2.pt").exists()
+
+
+def test_evaluate_refuses_a_checkpoint_with_non_finite_buffers(trained: Path, tmp_path: Path, capsys) -> None:
+    state = load_checkpoint(trained / "last.pt")
+    key = next(k for k in state["model"] if k.endswith("running_var"))
+    state["model"][key][0] = float("inf")
+    path = tmp_path / "diverged.pt"
+    save_atomic(state, path)
+    assert main(["evaluate", "--checkpoint", str(path), "--device", "cpu", "--output", str(tmp_path / "ev")]) == 2
+    error = _one_line_error(capsys)
+    assert "diverged.pt" in error and "non-finite" in error and key in error
+    assert not (tmp_path / "ev").exists()

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from gainet.core import GAIN, AdversarialGAIN
 from gainet.evaluation.evaluate import evaluate_gain
 from gainet.models import build_classifier
-from gainet.training.checkpoint import load_checkpoint, resolve_resume, save_atomic
+from gainet.training.checkpoint import load_checkpoint, non_finite_tensors, resolve_resume, save_atomic
 from gainet.training.config import ADVERSARIAL_METHODS, SUPERVISED_METHODS, TrainConfig
 from gainet.training.data import build_datasets, epoch_loader, eval_loader
 from gainet.training.distributed import DistributedContext
@@ -330,6 +330,17 @@ class Trainer:
                     self._writer.add_scalar(key, value, int(row["epoch"]))
             self._writer.flush()
 
+    def _check_finite(self, epoch: int) -> None:
+        """Stop before a diverged model (NaN/inf in a weight or a buffer such as BatchNorm's
+        running_var, which a finite loss does not reveal) is evaluated, selected or saved: the
+        checkpoints of the last good epoch stay."""
+        bad = non_finite_tensors(self.gain.state_dict())
+        if bad:
+            raise FloatingPointError(
+                f"non-finite values (NaN/inf) in {len(bad)} model tensor(s) after epoch {epoch + 1}, first {bad[0]!r}; "
+                "nothing of this epoch is saved (lower lr or set --grad-clip)"
+            )
+
     def fit(self) -> dict[str, Any]:
         """Train from ``start_epoch`` to ``epochs``; returns the final validation metrics."""
         config = self.config
@@ -341,6 +352,7 @@ class Trainer:
             started = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             row.update(self.train_epoch(epoch))
+            self._check_finite(epoch)
             self.scheduler.step()
             if self.adversary_scheduler is not None:
                 self.adversary_scheduler.step()
