@@ -128,3 +128,32 @@ def test_evaluate_refuses_a_checkpoint_with_non_finite_buffers(trained: Path, tm
     error = _one_line_error(capsys)
     assert "diverged.pt" in error and "non-finite" in error and key in error
     assert not (tmp_path / "ev").exists()
+
+
+# ---------------------------------------------------------------- 11.8 config validation
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch-size", "0", "batch_size must be >= 1, got 0"),
+    ("--epochs", "0", "epochs must be >= 1, got 0"),
+    ("--epochs", "-3", "epochs must be >= 1, got -3"),
+    ("--lr", "0", "lr must be > 0.0, got 0.0"),
+    ("--image-size", "-1", "image_size must be >= 1"),
+    ("--eval-every", "0", "eval_every must be >= 1"),
+    ("--warmup-epochs", "-1", "warmup_epochs must be >= 0"),
+])
+def test_out_of_range_options_end_with_one_line_error(tmp_path: Path, capsys, option, value, message) -> None:
+    output = tmp_path / "run"
+    assert main(["train", "--method", "gain", "--epochs", "2", "--warmup-epochs", "1", "--train-images", "8",
+                 "--val-images", "4", "--image-size", "16", "--model-width", "4", "--threads", "1", option, value,
+                 "--output-dir", str(output), "--no-progress", "--no-tensorboard"]) == 2
+    assert message in _one_line_error(capsys)
+    assert not output.exists()
+
+
+def test_warmup_is_ignored_by_cam_and_must_leave_gain_an_epoch(tmp_path: Path) -> None:
+    assert TrainConfig(method="cam", epochs=1).warmup_epochs == 2  # default warm-up, no error: cam has none
+    with pytest.raises(ValueError, match=r"warmup_epochs \(2\) must be < epochs \(2\) for gain: attention mining "
+                                         "would never start"):
+        TrainConfig(method="gain", epochs=2)
+    config = tiny(tmp_path, method="cam", epochs=1)
+    config = TrainConfig(**{k: v for k, v in config.to_dict().items() if k != "warmup_epochs"})
+    assert train(config)["epoch"] == 1

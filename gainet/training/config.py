@@ -66,7 +66,8 @@ class TrainConfig(DictConfig):
     weights_grad: bool = config_field(False, "let losses differentiate through the Grad-CAM weights w^c (second order)")
     area_weight: float = config_field(0.3, "gain-adv: weight of the mean-attention regulariser against background spread "
                                  "(0.3: best of 0 / 0.1 / 0.3 measured in docs/ablation.md)")
-    warmup_epochs: int = config_field(2, "classification-only epochs before attention mining starts")
+    warmup_epochs: int = config_field(2, "classification-only epochs before attention mining starts (< epochs for the "
+                                         "GAIN methods; ignored by cam, which has no attention mining)")
     # data
     dataset: str = config_field("parts", "parts, bias (built-in worlds), voc or folder")
     data_root: str | None = config_field(None, "dataset directory (voc, folder)")
@@ -114,11 +115,32 @@ class TrainConfig(DictConfig):
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.warmup_epochs > self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) > epochs ({self.epochs})")
+        for name, low, strict in _BOUNDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if value < low or (strict and value == low):
+                raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
+        # cam has no attention mining, hence no warm-up: its warmup_epochs is ignored. For the GAIN
+        # methods a warm-up that fills the whole run would silently train a plain classifier.
+        if self.method != "cam" and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs}) for {self.method}: "
+                             "attention mining would never start (lower --warmup-epochs or raise --epochs)")
         if not 0.0 <= self.supervised_fraction <= 1.0:
             raise ValueError(f"supervised_fraction must be in [0, 1], got {self.supervised_fraction}")
 
+
+# (field, lower bound, bound excluded): numeric options outside their range are refused in one line.
+_BOUNDS = (
+    ("epochs", 1, False), ("batch_size", 1, False), ("image_size", 1, False), ("model_width", 1, False),
+    ("warmup_epochs", 0, False), ("lr", 0.0, True), ("momentum", 0.0, False), ("weight_decay", 0.0, False),
+    ("sigma", 0.0, False), ("omega", 0.0, True), ("alpha", 0.0, False), ("omega_e", 0.0, False),
+    ("area_weight", 0.0, False), ("supervised_count", 0, False), ("train_images", 1, False),
+    ("val_images", 1, False), ("grad_clip", 0.0, True), ("num_workers", 0, False), ("threads", 1, False),
+    ("eval_every", 1, False), ("eval_batches", 1, False),
+)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
