@@ -157,3 +157,156 @@ def test_warmup_is_ignored_by_cam_and_must_leave_gain_an_epoch(tmp_path: Path) -
     config = tiny(tmp_path, method="cam", epochs=1)
     config = TrainConfig(**{k: v for k, v in config.to_dict().items() if k != "warmup_epochs"})
     assert train(config)["epoch"] == 1
+
+
+# ---------------------------------------------------------------- 11.6 resume rules
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_resume_with_a_new_lr_applies_it_and_records_it(tmp_path: Path) -> None:
+    import csv
+    import math
+
+    import yaml
+
+    first = tiny(tmp_path, method="cam", keep_epoch_checkpoints=True, output_dir=str(tmp_path / "first"))
+    train(first)
+    resumed = first.replace(lr=1e-3, resume=str(tmp_path / "first" / "epoch-1.pt"),
+                            output_dir=str(tmp_path / "resumed"), keep_epoch_checkpoints=False)
+    train(resumed)
+    with open(tmp_path / "resumed" / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    # epoch 2 of a cosine schedule over 2 epochs starting at lr 1e-3 (not the checkpoint's 3e-3)
+    assert float(rows[1]["lr"]) == pytest.approx(1e-3 * (1 + math.cos(math.pi * 1 / 2)) / 2, rel=1e-12)
+    assert float(rows[0]["lr"]) == pytest.approx(3e-3)  # epoch 1 was trained before the change
+    recorded = yaml.safe_load((tmp_path / "resumed" / "config.yaml").read_text())
+    assert recorded["lr"] == load_checkpoint(tmp_path / "resumed" / "last.pt")["config"]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("option, value", [("--model-width", "16"), ("--method", "gain"),
+                                           ("--optimizer", "sgd"), ("--model", "resnet18")])
+def test_incompatible_resume_ends_with_one_line_error_and_writes_nothing(trained: Path, tmp_path: Path, capsys,
+                                                                          option, value) -> None:
+    run = _copy(trained, tmp_path)
+    before = _snapshot(run)
+    options = {**TINY, "method": "cam", "epochs": 2, "warmup_epochs": 0}
+    argv = ["train", "--output-dir", str(run), "--resume", "auto", "--no-progress", "--no-tensorboard"]
+    for name, setting in options.items():
+        if isinstance(setting, bool):
+            continue
+        argv += ["--" + name.replace("_", "-"), str(setting)]
+    argv += [option, value]
+    assert main(argv) == 2
+    error = _one_line_error(capsys)
+    assert "cannot resume" in error and option[2:].replace("-", "_") in error
+    assert _snapshot(run) == before
+
+
+def test_finished_run_refuses_an_override_that_applies_to_no_epoch(trained: Path, tmp_path: Path) -> None:
+    run = _copy(trained, tmp_path)
+    config = tiny(tmp_path, method="cam", epochs=1, warmup_epochs=0, output_dir=str(run), resume="auto")
+    with pytest.raises(ValueError, match="run is finished .* lr would apply to no epoch"):
+        train(config.replace(lr=1e-4))
+    assert train(config)["val"]["images"] == 16  # unchanged settings: a finished run stays finished
+
+
+# ---------------------------------------------------------------- 11.10 consistent outputs after a kill
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing of the run catches it."""
+
+
+def _metrics_rows(run: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(run / "metrics.csv") as file:
+        return [{k: v for k, v in row.items() if "seconds" not in k} for row in csv.DictReader(file)]
+
+
+@pytest.mark.parametrize("victim, call", [("best.pt", 2), ("metrics.csv", 2), ("last.pt", 2), ("config.yaml", 3),
+                                          ("final.json", 1)])
+def test_run_killed_between_its_writes_resumes_to_the_uninterrupted_outputs(tmp_path: Path, monkeypatch,
+                                                                             victim, call) -> None:
+    import json
+
+    import gainet.training.trainer as trainer_module
+    from gainet.training.trainer import Trainer
+
+    # every epoch is a new best, so both epochs write best.pt
+    monkeypatch.setattr(Trainer, "_score", lambda self, metrics: float(len(self.history)))
+    reference = tiny(tmp_path, method="gain", output_dir=str(tmp_path / "reference"))
+    train(reference)
+
+    calls = {"n": 0}
+    for name in ("save_atomic", "write_text_atomic"):
+        original = getattr(trainer_module, name)
+
+        def killing(*args, _original=original, _name=name):
+            path = args[1] if _name == "save_atomic" else args[0]
+            if Path(path).name == victim:
+                calls["n"] += 1
+                if calls["n"] == call:
+                    raise _Killed(victim)
+            return _original(*args)
+
+        monkeypatch.setattr(trainer_module, name, killing, raising=False)
+    config = tiny(tmp_path, method="gain", output_dir=str(tmp_path / "killed"))
+    with pytest.raises(_Killed):
+        train(config)
+    monkeypatch.undo()
+    monkeypatch.setattr(Trainer, "_score", lambda self, metrics: float(len(self.history)))
+    run = Path(config.output_dir)
+    (run / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # what a kill inside torch.save leaves
+    train(config.replace(resume="auto"))
+
+    expected, actual = Path(reference.output_dir), run
+    for name in ("last.pt", "best.pt"):
+        want, got = load_checkpoint(expected / name), load_checkpoint(actual / name)
+        assert got["epoch"] == want["epoch"] == 2, name
+        for key, value in want["model"].items():
+            assert torch.equal(got["model"][key], value), (name, key)
+    assert _metrics_rows(actual) == _metrics_rows(expected)
+    want, got = json.loads((expected / "final.json").read_text()), json.loads((actual / "final.json").read_text())
+    assert got["epoch"] == 2 and got["val"] == want["val"]
+    import yaml
+
+    def settings(path: Path) -> dict:
+        return {k: v for k, v in yaml.safe_load(path.read_text()).items() if k not in ("output_dir", "resume")}
+
+    assert settings(actual / "config.yaml") == settings(expected / "config.yaml")
+    assert not list(actual.glob(".*.tmp"))
+
+
+def test_atomic_save_flushes_the_directory_entry(tmp_path: Path, monkeypatch) -> None:
+    import stat
+
+    import gainet.training.checkpoint as checkpoint
+
+    synced: list[bool] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", recording_fsync)
+    save_atomic({"model": {}, "config": {}}, tmp_path / "last.pt")
+    assert synced == [False, True]  # the file's data, then the directory holding the rename
+
+
+# ---------------------------------------------------------------- 11.11 one run per output directory
+def test_second_run_into_a_locked_output_directory_ends_with_one_line_error(tmp_path: Path, capsys) -> None:
+    from gainet.training.trainer import Trainer
+
+    config = tiny(tmp_path, method="cam", epochs=1, warmup_epochs=0)
+    first = Trainer(config)  # holds the directory until fit() ends
+    before = _snapshot(Path(config.output_dir))
+    argv = ["train", "--output-dir", config.output_dir, "--method", "cam", "--epochs", "1", "--train-images", "48",
+            "--val-images", "16", "--image-size", "32", "--model-width", "8", "--batch-size", "16",
+            "--threads", "1", "--no-progress", "--no-tensorboard"]
+    assert main(argv) == 2
+    error = _one_line_error(capsys)
+    assert "another gainet run is writing to this output directory" in error and config.output_dir in error
+    assert _snapshot(Path(config.output_dir)) == before
+    first.fit()
+    assert main(argv + ["--resume", "auto", "--epochs", "2"]) == 0  # free again once the first run ended

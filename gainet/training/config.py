@@ -143,6 +143,36 @@ _BOUNDS = (
 )
 
 
+# What a resume may change. Runtime options never change the numbers a run computes (beyond
+# floating-point noise); ``epochs`` and ``lr`` restart the learning-rate schedule as if the run had
+# been started with the new values (Trainer.load). Every other option must match the checkpoint.
+RESUME_RUNTIME_OPTIONS = frozenset({
+    "device", "amp", "channels_last", "num_workers", "threads", "output_dir", "resume", "keep_epoch_checkpoints",
+    "eval_every", "eval_batches", "progress", "tensorboard", "data_root", "dist_timeout",
+})
+RESUME_OVERRIDES = ("epochs", "lr")
+
+
+def check_resume(saved: dict[str, Any], config: TrainConfig, epoch: int, source: str | Path) -> list[str]:
+    """Refuse, in one line, resuming the checkpoint ``source`` (config ``saved``, trained for ``epoch``
+    epochs) as ``config`` asks; return the overridden names among :data:`RESUME_OVERRIDES`."""
+    wanted = config.to_dict()
+    ignored = RESUME_RUNTIME_OPTIONS | ({"warmup_epochs"} if config.method == "cam" else set())  # cam has none
+    different = [name for name, value in wanted.items()
+                 if name not in ignored and name in saved and saved[name] != value]
+    fixed = [name for name in different if name not in RESUME_OVERRIDES]
+    if fixed:
+        listed = ", ".join(f"{name}={saved[name]!r} (asked {wanted[name]!r})" for name in fixed)
+        raise ValueError(f"{source}: cannot resume: the checkpoint was trained with {listed}; a resume may change "
+                         f"only {', '.join(RESUME_OVERRIDES)} and runtime options (or use a new --output-dir)")
+    if config.epochs < epoch:
+        raise ValueError(f"{source}: cannot resume: the checkpoint is at epoch {epoch} > epochs {config.epochs}")
+    if different and config.epochs == epoch:
+        raise ValueError(f"{source}: cannot resume: the run is finished (epoch {epoch}); the new "
+                         f"{', '.join(different)} would apply to no epoch (raise --epochs)")
+    return different
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping of config values (one-line error on a bad file)."""
     try:

@@ -4,11 +4,13 @@ checkpoints with exact resume, progress bars, CSV and TensorBoard logs."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,18 @@ from tqdm.auto import tqdm
 from gainet.core import GAIN, AdversarialGAIN
 from gainet.evaluation.evaluate import evaluate_gain
 from gainet.models import build_classifier
-from gainet.training.checkpoint import load_checkpoint, non_finite_tensors, resolve_resume, save_atomic
-from gainet.training.config import ADVERSARIAL_METHODS, SUPERVISED_METHODS, TrainConfig
+from gainet.training.checkpoint import (
+    load_checkpoint,
+    non_finite_tensors,
+    remove_stale_temporaries,
+    resolve_resume,
+    save_atomic,
+    write_text_atomic,
+)
+from gainet.training.config import ADVERSARIAL_METHODS, SUPERVISED_METHODS, TrainConfig, check_resume
 from gainet.training.data import build_datasets, epoch_loader, eval_loader
 from gainet.training.distributed import DistributedContext
+from gainet.training.output_lock import OutputDirLock
 
 logger = logging.getLogger(__name__)
 
@@ -98,13 +108,31 @@ class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.context = DistributedContext.from_env()
+        self.output_dir = Path(config.output_dir)
+        # A resume that cannot continue this checkpoint fails here, before anything is written.
+        self.resume_path = resolve_resume(config.resume, self.output_dir)
+        resume_state = load_checkpoint(self.resume_path) if self.resume_path else None
+        self.overridden: list[str] = []
+        if resume_state is not None:
+            self.overridden = check_resume(resume_state["config"], config, int(resume_state["epoch"]), self.resume_path)
+        # One run per output directory (rank 0 writes every file); temporaries of killed writes go.
+        self.lock = OutputDirLock(self.output_dir).acquire() if self.context.is_main else None
+        self._writer = None
+        try:
+            if self.context.is_main:
+                remove_stale_temporaries(self.output_dir)
+            self._build(config, resume_state)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, config: TrainConfig, resume_state: dict[str, Any] | None) -> None:
         self.device = resolve_device(config.device, self.context)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.context.init(self.device)
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.output_dir = Path(config.output_dir)
         seed_everything(config.seed)
 
         self.train_set, self.val_set = build_datasets(config)
@@ -133,12 +161,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_epoch = 0
         self.best_score: float | None = None
+        self.best_epoch: int | None = None
         self.history: list[dict[str, Any]] = []
+        self.final: dict[str, Any] = {}  # the last evaluated epoch's row with its "val" metrics
         self._writer = None
+        self._resumed_config: dict[str, Any] | None = None
 
-        resume = resolve_resume(config.resume, self.output_dir)
-        if resume:
-            self.load(resume)
+        if resume_state is not None:
+            self.load_state(resume_state, self.resume_path)
 
     # ------------------------------------------------------------------ state
     def state_dict(self, epoch: int) -> dict[str, Any]:
@@ -157,7 +187,9 @@ class Trainer:
             "adversary_optimizer": self.adversary_optimizer.state_dict() if self.adversary_optimizer else None,
             "adversary_scheduler": self.adversary_scheduler.state_dict() if self.adversary_scheduler else None,
             "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
             "history": self.history,
+            "final": _jsonable(self.final),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "numpy": _numpy_rng_state(),
@@ -166,9 +198,18 @@ class Trainer:
         }
 
     def load(self, path: str | Path) -> None:
-        """Restore model, optimiser, schedule, scaler and history; training continues after the
-        checkpoint's epoch."""
-        state = load_checkpoint(path, map_location=self.device)
+        """Restore model, optimiser, schedule, scaler and history from ``path``; training continues
+        after the checkpoint's epoch."""
+        state = load_checkpoint(path)
+        self.overridden = check_resume(state["config"], self.config, int(state["epoch"]), path)
+        self.load_state(state, path)
+
+    def load_state(self, state: dict[str, Any], path: str | Path) -> None:
+        """:meth:`load` from a checkpoint already read (and checked with ``check_resume``).
+
+        A new ``epochs`` or ``lr`` (``self.overridden``) restarts the learning-rate schedule as if the
+        run had begun with the new values: the next epoch's rate is the one a fresh run with this
+        config would use at that epoch. Optimiser moments and everything else continue exactly."""
         if list(state["classes"]) != list(self.train_set.classes):
             raise ValueError(f"{path}: checkpoint classes {state['classes']} differ from the dataset's")
         self.gain.load_state_dict(state["model"])
@@ -181,19 +222,81 @@ class Trainer:
             self.adversary_optimizer.load_state_dict(state["adversary_optimizer"])
             self.adversary_scheduler.load_state_dict(state["adversary_scheduler"])
         self.best_score = state["best_score"]
+        self.best_epoch = state.get("best_epoch")
         self.history = list(state["history"])
+        self.final = dict(state.get("final") or (self.history[-1] if self.history else {}))
         self.start_epoch = int(state["epoch"])
+        self._resumed_config = dict(state["config"])
+        if self.overridden:
+            self._restart_schedules()
+            logger.info("resume overrides %s: learning-rate schedule recomputed for epoch %d",
+                        ", ".join(f"{k}={getattr(self.config, k)}" for k in self.overridden), self.start_epoch + 1)
         logger.info("resumed from %s after epoch %d", path, self.start_epoch)
 
+    def _restart_schedules(self) -> None:
+        """New schedulers for the config's lr and epochs, stepped through the epochs already done."""
+        for optimizer_name, scheduler_name in (("optimizer", "scheduler"),
+                                               ("adversary_optimizer", "adversary_scheduler")):
+            optimizer = getattr(self, optimizer_name)
+            if optimizer is None:
+                continue
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] = self.config.lr
+            scheduler = build_scheduler(self.config, optimizer)
+            with warnings.catch_warnings():  # stepping a schedule without optimiser steps is the point here
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(self.start_epoch):
+                    scheduler.step()
+            setattr(self, scheduler_name, scheduler)
+
     def save(self, epoch: int, is_best: bool) -> None:
+        """Write this epoch's files, ``last.pt`` last: once it holds epoch N, best.pt, epoch-N.pt
+        and metrics.csv hold epoch N too; a kill before it means a resume redoes epoch N exactly."""
         if not self.context.is_main:
             return
         state = self.state_dict(epoch)
-        save_atomic(state, self.output_dir / "last.pt")
-        if self.config.keep_epoch_checkpoints:
-            save_atomic(state, self.output_dir / f"epoch-{epoch}.pt")
         if is_best:
             save_atomic(state, self.output_dir / "best.pt")
+        if self.config.keep_epoch_checkpoints:
+            save_atomic(state, self.output_dir / f"epoch-{epoch}.pt")
+        self._write_metrics_csv()
+        save_atomic(state, self.output_dir / "last.pt")
+        write_text_atomic(self.output_dir / "config.yaml", _yaml(self.config.to_dict()))
+
+    def _write_metrics_csv(self) -> None:
+        columns: list[str] = []
+        for row in self.history:
+            columns += [k for k in row if k not in columns and not isinstance(row[k], (list, dict))]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.history)
+        write_text_atomic(self.output_dir / "metrics.csv", text.getvalue())
+
+    def _repair_outputs(self) -> None:
+        """Resuming: bring metrics.csv, config.yaml and best.pt in line with the checkpoint, so that
+        a run killed between its writes (or one written by an older gainet, which saved last.pt
+        first) ends with a consistent set. final.json is written when fit() ends."""
+        if not self.context.is_main or self._resumed_config is None:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.history:
+            self._write_metrics_csv()
+        # config.yaml describes the checkpoint until a new epoch is saved with the new config
+        write_text_atomic(self.output_dir / "config.yaml", _yaml(self._resumed_config))
+        best = self.output_dir / "best.pt"
+        if self.best_epoch is not None and self.best_epoch == self.start_epoch:
+            best_epoch = None
+            if best.is_file():
+                try:
+                    best_epoch = int(load_checkpoint(best)["epoch"])
+                except ValueError:
+                    best_epoch = None
+            if best_epoch != self.best_epoch:
+                logger.info("rewriting %s: it did not hold the best epoch %d", best, self.best_epoch)
+                state = self.state_dict(self.start_epoch)
+                state["config"] = self._resumed_config
+                save_atomic(state, best)
 
     # ------------------------------------------------------------------ loop
     def _autocast(self):
@@ -311,15 +414,6 @@ class Trainer:
         if not self.context.is_main:
             return
         scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        csv_path = self.output_dir / "metrics.csv"
-        rows = [*self.history]
-        columns: list[str] = []
-        for r in rows:
-            columns += [k for k in r if k not in columns and not isinstance(r[k], (list, dict))]
-        with open(csv_path, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
         if self.config.tensorboard:
             if self._writer is None:
                 from torch.utils.tensorboard import SummaryWriter
@@ -343,11 +437,27 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train from ``start_epoch`` to ``epochs``; returns the final validation metrics."""
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the output directory and the TensorBoard writer (the trainer's state stays usable)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _fit(self) -> dict[str, Any]:
         config = self.config
         if self.context.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(_yaml(config.to_dict()))
-        final: dict[str, Any] = dict(self.history[-1]) if self.history else {}
+            if self._resumed_config is None:
+                write_text_atomic(self.output_dir / "config.yaml", _yaml(config.to_dict()))
+        self._repair_outputs()
         for epoch in range(self.start_epoch, config.epochs):
             started = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
@@ -366,7 +476,8 @@ class Trainer:
                 is_best = math.isfinite(score) and (self.best_score is None or score > self.best_score)
                 if is_best:
                     self.best_score = score
-                final = {**row, "val": metrics}
+                    self.best_epoch = epoch + 1
+                self.final = {**row, "val": metrics}
             self.history.append(row)
             self.save(epoch + 1, is_best)
             self._log(row)
@@ -374,10 +485,8 @@ class Trainer:
             if self.context.is_main:
                 logger.info("epoch %d: %s", epoch + 1, _summary(row))
         if self.context.is_main:
-            (self.output_dir / "final.json").write_text(json.dumps(_jsonable(final), indent=2))
-        if self._writer is not None:
-            self._writer.close()
-        return final
+            write_text_atomic(self.output_dir / "final.json", json.dumps(_jsonable(self.final), indent=2))
+        return self.final
 
 
 def _numpy_rng_state() -> dict[str, Any]:
