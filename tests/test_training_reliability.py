@@ -310,3 +310,29 @@ def test_second_run_into_a_locked_output_directory_ends_with_one_line_error(tmp_
     assert _snapshot(Path(config.output_dir)) == before
     first.fit()
     assert main(argv + ["--resume", "auto", "--epochs", "2"]) == 0  # free again once the first run ended
+
+
+# ---------------------------------------------------------------- 11.9 logged L_e and box energy
+def test_logged_loss_e_is_the_mean_over_steps_with_a_supervised_image(tmp_path: Path, monkeypatch) -> None:
+    import csv
+
+    from gainet.core import GAIN
+
+    steps: list[tuple[float, bool]] = []
+    original = GAIN.forward
+
+    def recording(self, images, labels=None, masks=None, supervised=None, **kwargs):
+        output = original(self, images, labels, masks, supervised, **kwargs)
+        if masks is not None:  # after the warm-up
+            steps.append((output.loss_e.item(), bool(supervised.any())))
+        return output
+
+    monkeypatch.setattr(GAIN, "forward", recording)
+    # 2 supervised images of 48, 3 steps of 16: at least one step has none
+    config = tiny(tmp_path, method="gain-ext", supervised_count=2)
+    train(config)
+    with open(Path(config.output_dir) / "metrics.csv") as file:
+        logged = float(list(csv.DictReader(file))[1]["train/loss_e"])
+    with_supervision = [value for value, supervised in steps if supervised]
+    assert len(steps) == 3 and 1 <= len(with_supervision) < 3
+    assert logged == pytest.approx(sum(with_supervision) / len(with_supervision), rel=1e-12)

@@ -314,6 +314,7 @@ class Trainer:
         loader = epoch_loader(self.train_set, config, epoch, self.context, pin_memory=self.device.type == "cuda")
         sums: dict[str, float] = {}
         steps = 0
+        supervised_steps = 0  # L_e is averaged over the steps that had a supervised image only
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs} {config.method}", leave=False,
                    disable=not (config.progress and self.context.is_main), dynamic_ncols=True)
         for batch in bar:
@@ -339,8 +340,10 @@ class Trainer:
             if output.loss_adversary is not None:
                 values["loss_adversary"] = output.loss_adversary.item()
                 values["loss_area"] = output.loss_area.item()
+            supervised_step = use_masks and supervised is not None and bool(supervised.any())
             if self.context.enabled and (mine or use_masks or self.adversarial):
                 total = total + self._global_batch_correction(output, supervised, values)
+                supervised_step = values.pop("supervised_anywhere") > 0
             optimizers = [o for o in (self.optimizer, self.adversary_optimizer) if o is not None]
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
@@ -355,14 +358,17 @@ class Trainer:
                 self.scaler.step(optimizer)
             self.scaler.update()
             steps += 1
+            supervised_steps += int(supervised_step)
             for key, value in values.items():
-                sums[key] = sums.get(key, 0.0) + value
+                if key != "loss_e" or supervised_step:
+                    sums[key] = sums.get(key, 0.0) + value
             bar.set_postfix(loss=f"{values['loss']:.3f}", am=f"{values['loss_am']:.3f}")
         if steps == 0:
             raise ValueError(
                 f"no training step: {len(self.train_set)} images < batch size {config.batch_size} (drop_last)"
             )
-        means = {f"train/{k}": v / steps for k, v in sums.items()}
+        means = {f"train/{k}": v / steps for k, v in sums.items() if k != "loss_e"}
+        means["train/loss_e"] = sums.get("loss_e", 0.0) / supervised_steps if supervised_steps else 0.0
         return self.context.mean(means, self.device)
 
     def _global_batch_correction(self, output: Any, supervised: torch.Tensor | None,
@@ -385,6 +391,8 @@ class Trainer:
         n_maps = output.pairs.shape[0] if output.attention is not None else 0
         rows = output.scores.shape[0] + (output.pairs.shape[0] if output.erased is not None else 0)
         s_am, s_e, s_area, s_adv = self.context.global_mean_scales([n_am, n_e, n_maps, rows], self.device)
+        # Some rank had a supervised image: here (n_e > 0), or elsewhere (then this rank's scale is 0).
+        values["supervised_anywhere"] = float(n_e > 0 or s_e == 0.0)
         correction = (s_am - 1.0) * gain.alpha * output.loss_am.float() + (s_e - 1.0) * gain.omega_e * output.loss_e.float()
         values["loss"] += (s_am - 1.0) * gain.alpha * values["loss_am"] + (s_e - 1.0) * gain.omega_e * values["loss_e"]
         values["loss_am"] *= s_am
