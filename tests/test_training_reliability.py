@@ -336,3 +336,52 @@ def test_logged_loss_e_is_the_mean_over_steps_with_a_supervised_image(tmp_path: 
     with_supervision = [value for value, supervised in steps if supervised]
     assert len(steps) == 3 and 1 <= len(with_supervision) < 3
     assert logged == pytest.approx(sum(with_supervision) / len(with_supervision), rel=1e-12)
+
+
+def test_box_energy_counts_every_image_with_boxes_whatever_the_batch(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from gainet.evaluation.evaluate import evaluate_gain
+    from gainet.training.data import build_datasets
+    from gainet.training.trainer import build_gain
+
+    config = tiny(tmp_path, method="gain")
+    _, val_set = build_datasets(config)
+    torch.manual_seed(0)
+    gain = build_gain(config, len(val_set.classes), bool(val_set.multi_label)).eval()
+    no_boxes = {1, 6}  # these images lose their boxes
+
+    class Loader:
+        def __init__(self, batch_size: int) -> None:
+            self.dataset = val_set
+            self.inner = DataLoader(val_set, batch_size=batch_size, shuffle=False)
+
+        def __iter__(self):
+            start = 0
+            for batch in self.inner:
+                size = batch["image"].shape[0]
+                for i in range(size):
+                    if start + i in no_boxes:
+                        batch["has_boxes"][i] = False
+                        batch["box_masks"][i] = 0
+                start += size
+                yield batch
+
+    expected_sum, expected_count = 0.0, 0
+    for index in range(len(val_set)):
+        item = val_set[index]
+        if index in no_boxes or not bool(item["has_masks"]) or not bool(item["has_boxes"]):
+            continue
+        _, pairs, maps = gain.label_attention(item["image"][None], item["labels"][None])
+        valid = (item["segmentation"] != 255).double()
+        for (_, c), attention in zip(pairs.tolist(), maps.double()):
+            box = (item["box_masks"][c] > 0).double() * valid
+            if box.sum() == 0:
+                continue
+            weights = attention * valid
+            expected_sum += float((weights * box).sum() / weights.sum()) if weights.sum() > 0 else 0.0
+            expected_count += 1
+    assert expected_count > 0
+    for batch_size in (1, 4, 16):
+        metrics = evaluate_gain(gain, Loader(batch_size))
+        assert metrics["box_energy"] == pytest.approx(expected_sum / expected_count, rel=1e-6), batch_size
