@@ -385,3 +385,41 @@ def test_box_energy_counts_every_image_with_boxes_whatever_the_batch(tmp_path: P
     for batch_size in (1, 4, 16):
         metrics = evaluate_gain(gain, Loader(batch_size))
         assert metrics["box_energy"] == pytest.approx(expected_sum / expected_count, rel=1e-6), batch_size
+
+
+# ---------------------------------------------------------------- 11.18 DDP timeout
+def test_process_group_gets_the_configured_timeout(tmp_path: Path, monkeypatch) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    from gainet.training.distributed import DistributedContext
+
+    seen: dict = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: seen.update(kwargs))
+    DistributedContext(rank=1, local_rank=1, world_size=2).init(torch.device("cpu"), timeout=42.5)
+    assert seen["timeout"] == datetime.timedelta(seconds=42.5) and seen["backend"] == "gloo"
+    seen.clear()
+    DistributedContext(rank=0, world_size=2).init(torch.device("cpu"))
+    assert seen["timeout"] == datetime.timedelta(minutes=10)
+    # the option reaches the trainer's process group, from the command line too
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    seen.clear()
+    from gainet.training.trainer import Trainer
+
+    class Stop(Exception):
+        pass
+
+    def stop(self, device, timeout=None):
+        seen["timeout"] = timeout
+        raise Stop
+
+    monkeypatch.setattr(DistributedContext, "init", stop)
+    with pytest.raises(Stop):
+        Trainer(tiny(tmp_path, method="cam", dist_timeout=5.0))
+    assert seen["timeout"] == 5.0
+    from gainet.cli import build_parser
+
+    assert build_parser().parse_args(["train", "--dist-timeout", "30"]).dist_timeout == 30.0

@@ -104,6 +104,8 @@ class TrainConfig(DictConfig):
     num_workers: int = config_field(0, "data-loader worker processes")
     seed: int = config_field(0, "random seed (data order, augmentation, initialisation)")
     threads: int | None = config_field(None, "CPU threads for torch (default: torch's choice)")
+    dist_timeout: float = config_field(600.0, "torchrun jobs: seconds a process waits for the others in a collective "
+                                              "(process-group start included) before it fails instead of hanging")
     output_dir: str = config_field("runs/train", "where checkpoints, logs and metrics go")
     resume: str | None = config_field(None, "checkpoint to resume from (or 'auto': output_dir/last.pt if present)")
     keep_epoch_checkpoints: bool = config_field(False, "also keep epoch-N.pt for every epoch")
@@ -139,7 +141,7 @@ _BOUNDS = (
     ("sigma", 0.0, False), ("omega", 0.0, True), ("alpha", 0.0, False), ("omega_e", 0.0, False),
     ("area_weight", 0.0, False), ("supervised_count", 0, False), ("train_images", 1, False),
     ("val_images", 1, False), ("grad_clip", 0.0, True), ("num_workers", 0, False), ("threads", 1, False),
-    ("eval_every", 1, False), ("eval_batches", 1, False),
+    ("eval_every", 1, False), ("eval_batches", 1, False), ("dist_timeout", 0.0, True),
 )
 
 

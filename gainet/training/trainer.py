@@ -130,7 +130,7 @@ class Trainer:
         self.device = resolve_device(config.device, self.context)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.context.init(self.device)
+        self.context.init(self.device, timeout=config.dist_timeout)
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
