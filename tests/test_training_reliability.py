@@ -423,3 +423,29 @@ def test_process_group_gets_the_configured_timeout(tmp_path: Path, monkeypatch) 
     from gainet.cli import build_parser
 
     assert build_parser().parse_args(["train", "--dist-timeout", "30"]).dist_timeout == 30.0
+
+
+# ---------------------------------------------------------------- 11.21 progress bars on terminals only
+def test_progress_bars_only_on_a_terminal_and_one_log_line_per_epoch(tmp_path: Path, monkeypatch, caplog) -> None:
+    import logging
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    class Piped(io.StringIO):
+        def isatty(self) -> bool:
+            return False
+
+    caplog.set_level(logging.INFO, logger="gainet.training.trainer")
+    outputs = {}
+    for name, stream in (("terminal", Terminal()), ("piped", Piped())):
+        monkeypatch.setattr(sys, "stderr", stream)
+        train(tiny(tmp_path, method="cam", progress=True, output_dir=str(tmp_path / name)))
+        monkeypatch.undo()
+        outputs[name] = stream.getvalue()
+    assert "\r" in outputs["terminal"] and "epoch 1/2" in outputs["terminal"]
+    assert outputs["piped"] == ""
+    assert [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("epoch ")] == [
+        "epoch 1", "epoch 2", "epoch 1", "epoch 2"]

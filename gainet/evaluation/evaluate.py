@@ -6,11 +6,11 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from gainet.core import GAIN
 from gainet.evaluation.classification import ClassificationMeter
 from gainet.evaluation.localization import AttentionSweep, CoverageMeter
+from gainet.progress import progress_bar
 
 IGNORE_INDEX = 255
 
@@ -45,7 +45,7 @@ def evaluate_gain(
     coverage = CoverageMeter(threshold=0.5)
     seen_masks = images_seen = 0
     try:
-        for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)):
+        for step, batch in enumerate(progress_bar(loader, desc=desc, leave=False, enabled=progress, dynamic_ncols=True)):
             if max_batches is not None and step >= max_batches:
                 break
             images = batch["image"].to(device)

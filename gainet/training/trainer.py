@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from gainet.core import GAIN, AdversarialGAIN
 from gainet.evaluation.evaluate import evaluate_gain
 from gainet.models import build_classifier
+from gainet.progress import progress_bar
 from gainet.training.checkpoint import (
     load_checkpoint,
     non_finite_tensors,
@@ -315,8 +315,8 @@ class Trainer:
         sums: dict[str, float] = {}
         steps = 0
         supervised_steps = 0  # L_e is averaged over the steps that had a supervised image only
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs} {config.method}", leave=False,
-                   disable=not (config.progress and self.context.is_main), dynamic_ncols=True)
+        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs} {config.method}", leave=False,
+                   enabled=config.progress and self.context.is_main, dynamic_ncols=True)
         for batch in bar:
             images = batch["image"].to(self.device, non_blocking=True)
             if config.channels_last:
