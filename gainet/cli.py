@@ -91,7 +91,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate_checkpoint(
         args.checkpoint, splits=args.splits, data_root=args.data_root, output_dir=args.output,
-        batch_size=args.batch_size, device=args.device, max_batches=args.max_batches,
+        batch_size=args.batch_size, device=args.device, max_batches=args.max_batches, progress=not args.no_progress,
     )
     print(result["markdown"])
     return 0
@@ -233,7 +233,7 @@ def add_wsss_commands(commands: Any) -> None:
                                            "image (native resolution, .npy per image with class keys), optionally "
                                            "multi-scale and flip-averaged. Resumes: existing files are skipped.")
     cams.add_argument("--checkpoint", required=True, help="classifier checkpoint (gainet train: best.pt / last.pt)")
-    cams.add_argument("--output", required=True, help="output folder (maps go to OUTPUT/cams/)")
+    cams.add_argument(*OUTPUT_FLAGS, dest="output", required=True, help="output folder (maps go to OUTPUT/cams/)")
     cams.add_argument("--split", default=None, help="split to process (default: the checkpoint's training split)")
     cams.add_argument("--data-root", default=None, help="override the dataset directory")
     cams.add_argument("--limit", type=int, default=None, help="first N images only (generated worlds: draw N)")
@@ -254,7 +254,8 @@ def add_wsss_commands(commands: Any) -> None:
     evalcams.add_argument("--thresholds", type=float, nargs="+", default=None,
                           help="background thresholds (default 0.05 0.10 ... 0.95)")
     evalcams.add_argument("--data-root", default=None, help="override the dataset directory")
-    evalcams.add_argument("--output", default=None, help="where eval_cams.json/.md go (default: the cams folder)")
+    evalcams.add_argument(*OUTPUT_FLAGS, dest="output", default=None,
+                          help="where eval_cams.json/.md go (default: the cams folder)")
     evalcams.add_argument("--no-progress", **progress)
     evalcams.set_defaults(func=cmd_eval_cams)
 
@@ -263,7 +264,7 @@ def add_wsss_commands(commands: Any) -> None:
                                              "where <= bg threshold, 255 between; optional dense CRF; scored against "
                                              "the ground truth. Resumes: existing PNGs are skipped.")
     labels.add_argument("--cams", required=True, help="make-cams output folder")
-    labels.add_argument("--output", required=True, help="output folder (PNGs go to OUTPUT/labels/)")
+    labels.add_argument(*OUTPUT_FLAGS, dest="output", required=True, help="output folder (PNGs go to OUTPUT/labels/)")
     labels.add_argument("--fg-threshold", default="auto",
                         help="foreground threshold, or auto: eval-cams' best background threshold (default)")
     labels.add_argument("--bg-threshold", type=float, default=None,
@@ -287,7 +288,8 @@ def add_wsss_commands(commands: Any) -> None:
                                   description="Predict every image of a split (PNG per image; resumes), then the mIoU "
                                               "and per-class IoU of the saved predictions against the ground truth.")
     evalseg.add_argument("--checkpoint", required=True, help="train-seg checkpoint (last.pt)")
-    evalseg.add_argument("--output", default=None, help="output folder (default: CHECKPOINT_DIR/eval-SPLIT)")
+    evalseg.add_argument(*OUTPUT_FLAGS, dest="output", default=None,
+                         help="output folder (default: CHECKPOINT_DIR/eval-SPLIT)")
     evalseg.add_argument("--split", default="val", help="ground-truth split (default: val)")
     evalseg.add_argument("--data-root", default=None, help="override the dataset directory")
     evalseg.add_argument("--limit", type=int, default=None, help="first N images only (generated worlds: draw N)")
@@ -326,7 +328,7 @@ def add_bias_study_command(commands: Any) -> None:
                                            "supervision on N images for each N, evaluate on the biased and the "
                                            "decorrelated test split and write results.json, table.md and "
                                            "accuracy_vs_supervision.png.")
-    bias.add_argument("--output", default="runs/bias-study", help="output directory")
+    bias.add_argument(*OUTPUT_FLAGS, dest="output", default="runs/bias-study", help="output directory")
     bias.add_argument("--supervision", nargs="+", default=["0", "1%", "2%", "5%", "10%"],
                       help="numbers of box-supervised images: counts (20), fractions (0.05) or percentages (5%%) "
                            "of the training set (default: %(default)s)")
@@ -351,6 +353,9 @@ def add_bias_study_command(commands: Any) -> None:
     bias.set_defaults(func=cmd_bias_study)
 
 
+# Every command names its output directory --output-dir (train's config option); --output, the
+# old spelling of the other commands, still works.
+OUTPUT_FLAGS = ("--output-dir", "--output")
 # Commands that open checkpoints (they take --unsafe-load).
 CHECKPOINT_COMMANDS = ("train", "evaluate", "explain", "make-cams", "train-seg", "eval-seg")
 
@@ -378,11 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="splits to evaluate (default: the training config's val split; bias world: "
                                "test_biased test_decorrelated)")
     evaluate.add_argument("--data-root", default=None, help="override the dataset directory")
-    evaluate.add_argument("--output", default=None, help="directory for metrics.json and metrics.md "
+    evaluate.add_argument(*OUTPUT_FLAGS, dest="output", default=None, help="directory for metrics.json and metrics.md "
                                                          "(default: the checkpoint's directory)")
     evaluate.add_argument("--batch-size", type=int, default=32, help="evaluation batch size")
     evaluate.add_argument("--max-batches", type=int, default=None, help="cap batches per split (quick checks)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
     evaluate.set_defaults(func=cmd_evaluate)
 
     explain = commands.add_parser("explain", help="attention overlays for images",
@@ -391,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--checkpoint", required=True, help="checkpoint file")
     explain.add_argument("--classes", nargs="+", default=None, help="class names to explain (default: top-k predicted)")
     explain.add_argument("--top-k", type=int, default=1, help="explain the k highest-scoring classes")
-    explain.add_argument("--output", default="runs/explain", help="output directory")
+    explain.add_argument(*OUTPUT_FLAGS, dest="output", default="runs/explain", help="output directory")
     explain.add_argument("--save-npy", action="store_true", help="also save the raw maps as .npy")
     explain.add_argument("--device", default="auto", help="auto, cpu or cuda")
     explain.set_defaults(func=cmd_explain)
@@ -399,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job: cam vs gain vs gain-ext on the built-in world",
                                description="Train cam, gain and gain-ext on the built-in part-dominance world with "
                                            "the same budget, evaluate them and write runs/demo/report.html.")
-    demo.add_argument("--output", default="runs/demo", help="output directory")
+    demo.add_argument(*OUTPUT_FLAGS, dest="output", default="runs/demo", help="output directory")
     demo.add_argument("--epochs", type=int, default=None, help="epochs per method (default: the demo's budget)")
     demo.add_argument("--methods", nargs="+", default=None, help="methods to compare")
     demo.add_argument("--seed", type=int, default=0, help="random seed")

@@ -51,6 +51,7 @@ def evaluate_checkpoint(
     batch_size: int = 32,
     device: str = "auto",
     max_batches: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on each split; write ``metrics.json`` and ``metrics.md``."""
     torch_device = resolve_device(device, DistributedContext())
@@ -61,7 +62,7 @@ def evaluate_checkpoint(
         dataset = build_dataset(config.dataset, split, root=data_root or config.data_root,
                                 image_size=config.image_size, train_transforms=False, **config.dataset_options)
         results[split] = evaluate_gain(gain, eval_loader(dataset, batch_size), device=torch_device,
-                                       max_batches=max_batches, desc=f"evaluate {split}")
+                                       max_batches=max_batches, progress=progress, desc=f"evaluate {split}")
     rows = [{"split": s, **{k: v for k, v in m.items() if isinstance(v, (int, float))}} for s, m in results.items()]
     columns = ["split"] + [c for c in ("mAP", "accuracy", "cam_miou", "cam_threshold", "coverage", "precision",
                                        "attention_iou", "pointing", "box_energy", "images") if any(c in r for r in rows)]

@@ -449,3 +449,27 @@ def test_progress_bars_only_on_a_terminal_and_one_log_line_per_epoch(tmp_path: P
     assert outputs["piped"] == ""
     assert [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("epoch ")] == [
         "epoch 1", "epoch 2", "epoch 1", "epoch 2"]
+
+
+# ---------------------------------------------------------------- 11.22 one vocabulary
+def test_every_command_names_its_output_directory_and_progress_flag_alike(trained: Path, tmp_path: Path) -> None:
+    import argparse
+
+    from gainet.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, command in commands.items():
+        flags = {flag for action in command._actions for flag in action.option_strings}
+        if flags & {"--output", "--output-dir"}:
+            assert "--output-dir" in flags, name
+        if name in ("train", "evaluate", "demo", "make-cams", "eval-cams", "pseudo-labels", "eval-seg", "bias-study"):
+            assert "--no-progress" in flags, name
+    # the old spelling still works; both reach the same option
+    old = parser.parse_args(["evaluate", "--checkpoint", "x.pt", "--output", "a"])
+    new = parser.parse_args(["evaluate", "--checkpoint", "x.pt", "--output-dir", "a", "--no-progress"])
+    assert old.output == new.output == "a" and new.no_progress
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--checkpoint", str(trained / "last.pt"), "--output-dir", str(out),
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert (out / "metrics.json").is_file()

@@ -128,8 +128,9 @@ class TrainConfig(DictConfig):
         # cam has no attention mining, hence no warm-up: its warmup_epochs is ignored. For the GAIN
         # methods a warm-up that fills the whole run would silently train a plain classifier.
         if self.method != "cam" and self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs}) for {self.method}: "
-                             "attention mining would never start (lower --warmup-epochs or raise --epochs)")
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs}) for "
+                             f"{self.method}: attention mining would never start (lower --warmup-epochs or raise "
+                             "--epochs)")
         if not 0.0 <= self.supervised_fraction <= 1.0:
             raise ValueError(f"supervised_fraction must be in [0, 1], got {self.supervised_fraction}")
 
