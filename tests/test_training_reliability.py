@@ -473,3 +473,10 @@ def test_every_command_names_its_output_directory_and_progress_flag_alike(traine
     assert main(["evaluate", "--checkpoint", str(trained / "last.pt"), "--output-dir", str(out),
                  "--device", "cpu", "--no-progress"]) == 0
     assert (out / "metrics.json").is_file()
+
+
+def test_refused_resume_names_the_recorded_config(trained: Path, tmp_path: Path) -> None:
+    run = _copy(trained, tmp_path)
+    config = tiny(tmp_path, method="cam", epochs=2, model_width=16, output_dir=str(run), resume="auto")
+    with pytest.raises(ValueError, match=r"model_width=8 \(asked 16\).*--config .*config.yaml repeats its settings"):
+        train(config)

@@ -166,8 +166,10 @@ def check_resume(saved: dict[str, Any], config: TrainConfig, epoch: int, source:
     fixed = [name for name in different if name not in RESUME_OVERRIDES]
     if fixed:
         listed = ", ".join(f"{name}={saved[name]!r} (asked {wanted[name]!r})" for name in fixed)
+        recorded = Path(source).parent / "config.yaml"
+        hint = f"; --config {recorded} repeats its settings" if recorded.is_file() else ""
         raise ValueError(f"{source}: cannot resume: the checkpoint was trained with {listed}; a resume may change "
-                         f"only {', '.join(RESUME_OVERRIDES)} and runtime options (or use a new --output-dir)")
+                         f"only {', '.join(RESUME_OVERRIDES)} and runtime options (or use a new --output-dir){hint}")
     if config.epochs < epoch:
         raise ValueError(f"{source}: cannot resume: the checkpoint is at epoch {epoch} > epochs {config.epochs}")
     if different and config.epochs == epoch:

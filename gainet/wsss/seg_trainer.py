@@ -22,7 +22,7 @@ from gainet.data.transforms import IGNORE_INDEX, JointTransform
 from gainet.evaluation.report import markdown_table
 from gainet.evaluation.segmentation import ConfusionMatrix
 from gainet.progress import progress_bar
-from gainet.training.checkpoint import load_checkpoint, resolve_resume, save_atomic
+from gainet.training.checkpoint import load_checkpoint, remove_stale_temporaries, resolve_resume, save_atomic
 from gainet.wsss import data as io
 from gainet.wsss.cams import parse_base_size, per_class_rows, require_complete, scaled_sizes, to_input
 from gainet.wsss.crf import CRFParams, crf_probabilities
@@ -206,6 +206,7 @@ class SegTrainer:
     def fit(self) -> dict[str, Any]:
         config = self.config
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.output_dir)  # left by a write that a kill interrupted
         (self.output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         for epoch in range(self.start_epoch, config.epochs):
             started = time.perf_counter()
