@@ -480,3 +480,26 @@ def test_refused_resume_names_the_recorded_config(trained: Path, tmp_path: Path)
     config = tiny(tmp_path, method="cam", epochs=2, model_width=16, output_dir=str(run), resume="auto")
     with pytest.raises(ValueError, match=r"model_width=8 \(asked 16\).*--config .*config.yaml repeats its settings"):
         train(config)
+
+
+def test_resume_repairs_a_run_left_stale_by_an_older_version(tmp_path: Path, monkeypatch) -> None:
+    """Older gainet wrote last.pt before best.pt and no best_epoch/final: a kill in between left
+    best.pt one epoch behind and, once resumed, a final.json without val."""
+    import json
+
+    from gainet.training.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "_score", lambda self, metrics: float(len(self.history)))
+    config = tiny(tmp_path, method="cam", keep_epoch_checkpoints=True)
+    train(config)
+    run = Path(config.output_dir)
+    expected_final = json.loads((run / "final.json").read_text())
+    state = load_checkpoint(run / "last.pt")
+    del state["best_epoch"], state["final"]
+    state["best_score"] = state["history"][-1]["val/mAP"]  # what _score gives without the patch
+    save_atomic(state, run / "last.pt")
+    shutil.copy(run / "epoch-1.pt", run / "best.pt")
+    (run / "final.json").unlink()
+    train(config.replace(resume="auto"))
+    assert load_checkpoint(run / "best.pt")["epoch"] == 2
+    assert json.loads((run / "final.json").read_text())["val"]["mAP"] == expected_final["val"]["mAP"]

@@ -222,9 +222,10 @@ class Trainer:
             self.adversary_optimizer.load_state_dict(state["adversary_optimizer"])
             self.adversary_scheduler.load_state_dict(state["adversary_scheduler"])
         self.best_score = state["best_score"]
-        self.best_epoch = state.get("best_epoch")
         self.history = list(state["history"])
-        self.final = dict(state.get("final") or (self.history[-1] if self.history else {}))
+        # Checkpoints of older versions lack best_epoch and final: recovered from the history.
+        self.best_epoch = state.get("best_epoch", _best_epoch(self.history, self.best_score))
+        self.final = dict(state.get("final") or _final_row(self.history))
         self.start_epoch = int(state["epoch"])
         self._resumed_config = dict(state["config"])
         if self.overridden:
@@ -495,6 +496,25 @@ class Trainer:
         if self.context.is_main:
             write_text_atomic(self.output_dir / "final.json", json.dumps(_jsonable(self.final), indent=2))
         return self.final
+
+
+def _score_of(row: dict[str, Any]) -> float | None:
+    return row.get("val/mAP", row.get("val/accuracy"))
+
+
+def _best_epoch(history: list[dict[str, Any]], best_score: float | None) -> int | None:
+    """The last epoch whose validation score is ``best_score``."""
+    if best_score is None:
+        return None
+    return next((int(row["epoch"]) for row in reversed(history) if _score_of(row) == best_score), None)
+
+
+def _final_row(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last evaluated epoch's row with its flat ``val/`` metrics under ``"val"``."""
+    for row in reversed(history):
+        if _score_of(row) is not None:
+            return {**row, "val": {k[len("val/"):]: v for k, v in row.items() if k.startswith("val/")}}
+    return dict(history[-1]) if history else {}
 
 
 def _numpy_rng_state() -> dict[str, Any]:
