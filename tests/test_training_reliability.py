@@ -495,7 +495,7 @@ def test_resume_repairs_a_run_left_stale_by_an_older_version(tmp_path: Path, mon
     run = Path(config.output_dir)
     expected_final = json.loads((run / "final.json").read_text())
     state = load_checkpoint(run / "last.pt")
-    del state["best_epoch"], state["final"]
+    state.pop("best_epoch", None), state.pop("final", None)
     state["best_score"] = state["history"][-1]["val/mAP"]  # what _score gives without the patch
     save_atomic(state, run / "last.pt")
     shutil.copy(run / "epoch-1.pt", run / "best.pt")
