@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import types
 import typing
@@ -90,7 +91,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate_checkpoint(
         args.checkpoint, splits=args.splits, data_root=args.data_root, output_dir=args.output,
-        batch_size=args.batch_size, device=args.device, max_batches=args.max_batches,
+        batch_size=args.batch_size, device=args.device, max_batches=args.max_batches, progress=not args.no_progress,
     )
     print(result["markdown"])
     return 0
@@ -232,7 +233,7 @@ def add_wsss_commands(commands: Any) -> None:
                                            "image (native resolution, .npy per image with class keys), optionally "
                                            "multi-scale and flip-averaged. Resumes: existing files are skipped.")
     cams.add_argument("--checkpoint", required=True, help="classifier checkpoint (gainet train: best.pt / last.pt)")
-    cams.add_argument("--output", required=True, help="output folder (maps go to OUTPUT/cams/)")
+    cams.add_argument(*OUTPUT_FLAGS, dest="output", required=True, help="output folder (maps go to OUTPUT/cams/)")
     cams.add_argument("--split", default=None, help="split to process (default: the checkpoint's training split)")
     cams.add_argument("--data-root", default=None, help="override the dataset directory")
     cams.add_argument("--limit", type=int, default=None, help="first N images only (generated worlds: draw N)")
@@ -253,7 +254,8 @@ def add_wsss_commands(commands: Any) -> None:
     evalcams.add_argument("--thresholds", type=float, nargs="+", default=None,
                           help="background thresholds (default 0.05 0.10 ... 0.95)")
     evalcams.add_argument("--data-root", default=None, help="override the dataset directory")
-    evalcams.add_argument("--output", default=None, help="where eval_cams.json/.md go (default: the cams folder)")
+    evalcams.add_argument(*OUTPUT_FLAGS, dest="output", default=None,
+                          help="where eval_cams.json/.md go (default: the cams folder)")
     evalcams.add_argument("--no-progress", **progress)
     evalcams.set_defaults(func=cmd_eval_cams)
 
@@ -262,7 +264,7 @@ def add_wsss_commands(commands: Any) -> None:
                                              "where <= bg threshold, 255 between; optional dense CRF; scored against "
                                              "the ground truth. Resumes: existing PNGs are skipped.")
     labels.add_argument("--cams", required=True, help="make-cams output folder")
-    labels.add_argument("--output", required=True, help="output folder (PNGs go to OUTPUT/labels/)")
+    labels.add_argument(*OUTPUT_FLAGS, dest="output", required=True, help="output folder (PNGs go to OUTPUT/labels/)")
     labels.add_argument("--fg-threshold", default="auto",
                         help="foreground threshold, or auto: eval-cams' best background threshold (default)")
     labels.add_argument("--bg-threshold", type=float, default=None,
@@ -286,7 +288,8 @@ def add_wsss_commands(commands: Any) -> None:
                                   description="Predict every image of a split (PNG per image; resumes), then the mIoU "
                                               "and per-class IoU of the saved predictions against the ground truth.")
     evalseg.add_argument("--checkpoint", required=True, help="train-seg checkpoint (last.pt)")
-    evalseg.add_argument("--output", default=None, help="output folder (default: CHECKPOINT_DIR/eval-SPLIT)")
+    evalseg.add_argument(*OUTPUT_FLAGS, dest="output", default=None,
+                         help="output folder (default: CHECKPOINT_DIR/eval-SPLIT)")
     evalseg.add_argument("--split", default="val", help="ground-truth split (default: val)")
     evalseg.add_argument("--data-root", default=None, help="override the dataset directory")
     evalseg.add_argument("--limit", type=int, default=None, help="first N images only (generated worlds: draw N)")
@@ -325,7 +328,7 @@ def add_bias_study_command(commands: Any) -> None:
                                            "supervision on N images for each N, evaluate on the biased and the "
                                            "decorrelated test split and write results.json, table.md and "
                                            "accuracy_vs_supervision.png.")
-    bias.add_argument("--output", default="runs/bias-study", help="output directory")
+    bias.add_argument(*OUTPUT_FLAGS, dest="output", default="runs/bias-study", help="output directory")
     bias.add_argument("--supervision", nargs="+", default=["0", "1%", "2%", "5%", "10%"],
                       help="numbers of box-supervised images: counts (20), fractions (0.05) or percentages (5%%) "
                            "of the training set (default: %(default)s)")
@@ -348,6 +351,13 @@ def add_bias_study_command(commands: Any) -> None:
     bias.add_argument("--threads", type=int, default=None, help="CPU threads")
     bias.add_argument("--no-progress", action="store_true", help="hide progress bars")
     bias.set_defaults(func=cmd_bias_study)
+
+
+# Every command names its output directory --output-dir (train's config option); --output, the
+# old spelling of the other commands, still works.
+OUTPUT_FLAGS = ("--output-dir", "--output")
+# Commands that open checkpoints (they take --unsafe-load).
+CHECKPOINT_COMMANDS = ("train", "evaluate", "explain", "make-cams", "train-seg", "eval-seg")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,11 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="splits to evaluate (default: the training config's val split; bias world: "
                                "test_biased test_decorrelated)")
     evaluate.add_argument("--data-root", default=None, help="override the dataset directory")
-    evaluate.add_argument("--output", default=None, help="directory for metrics.json and metrics.md "
+    evaluate.add_argument(*OUTPUT_FLAGS, dest="output", default=None, help="directory for metrics.json and metrics.md "
                                                          "(default: the checkpoint's directory)")
     evaluate.add_argument("--batch-size", type=int, default=32, help="evaluation batch size")
     evaluate.add_argument("--max-batches", type=int, default=None, help="cap batches per split (quick checks)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
     evaluate.set_defaults(func=cmd_evaluate)
 
     explain = commands.add_parser("explain", help="attention overlays for images",
@@ -386,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--checkpoint", required=True, help="checkpoint file")
     explain.add_argument("--classes", nargs="+", default=None, help="class names to explain (default: top-k predicted)")
     explain.add_argument("--top-k", type=int, default=1, help="explain the k highest-scoring classes")
-    explain.add_argument("--output", default="runs/explain", help="output directory")
+    explain.add_argument(*OUTPUT_FLAGS, dest="output", default="runs/explain", help="output directory")
     explain.add_argument("--save-npy", action="store_true", help="also save the raw maps as .npy")
     explain.add_argument("--device", default="auto", help="auto, cpu or cuda")
     explain.set_defaults(func=cmd_explain)
@@ -394,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job: cam vs gain vs gain-ext on the built-in world",
                                description="Train cam, gain and gain-ext on the built-in part-dominance world with "
                                            "the same budget, evaluate them and write runs/demo/report.html.")
-    demo.add_argument("--output", default="runs/demo", help="output directory")
+    demo.add_argument(*OUTPUT_FLAGS, dest="output", default="runs/demo", help="output directory")
     demo.add_argument("--epochs", type=int, default=None, help="epochs per method (default: the demo's budget)")
     demo.add_argument("--methods", nargs="+", default=None, help="methods to compare")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
@@ -403,6 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     add_wsss_commands(commands)
     add_bias_study_command(commands)
+    for name in CHECKPOINT_COMMANDS:
+        commands.choices[name].add_argument(
+            "--unsafe-load", action="store_true",
+            help="load checkpoints with full unpickling, which runs any code a file holds: only for trusted "
+                 "files written by old gainet versions (also: GAINET_UNSAFE_LOAD=1)")
     return parser
 
 
@@ -415,12 +431,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     func: Callable[[argparse.Namespace], int] = args.func
+    unsafe = getattr(args, "unsafe_load", False)
+    if unsafe:  # read by every checkpoint load of this command; restored after it
+        from gainet.training.checkpoint import UNSAFE_LOAD_ENV
+
+        unsafe_before = os.environ.get(UNSAFE_LOAD_ENV)
+        os.environ[UNSAFE_LOAD_ENV] = "1"
     try:
         return func(args)
     except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as error:
         # Bad input is reported in one line; genuine bugs keep their traceback.
         print(f"gainet {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if unsafe and unsafe_before is None:
+            os.environ.pop(UNSAFE_LOAD_ENV, None)
+        elif unsafe:
+            os.environ[UNSAFE_LOAD_ENV] = unsafe_before
 
 
 if __name__ == "__main__":

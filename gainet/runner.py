@@ -53,6 +53,7 @@ def evaluate_checkpoint(
     batch_size: int = 32,
     device: str = "auto",
     max_batches: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on each split; write ``metrics.json`` and ``metrics.md``."""
     torch_device = resolve_device(device, DistributedContext())
@@ -66,7 +67,7 @@ def evaluate_checkpoint(
         if skip_summary(dataset)["count"]:  # also in metrics.json / metrics.md (skipped, skipped_files)
             logger.warning(skip_line(f"split {split!r}", skip_summary(dataset)))
         results[split] = evaluate_gain(gain, eval_loader(dataset, batch_size), device=torch_device,
-                                       max_batches=max_batches, desc=f"evaluate {split}")
+                                       max_batches=max_batches, progress=progress, desc=f"evaluate {split}")
     rows = [{"split": s, **{k: v for k, v in m.items() if isinstance(v, (int, float))}} for s, m in results.items()]
     columns = ["split"] + [c for c in ("mAP", "mAP_voc", "accuracy", "cam_miou", "cam_threshold", "coverage", "precision",
                                        "attention_iou", "pointing", "box_energy", "images") if any(c in r for r in rows)]

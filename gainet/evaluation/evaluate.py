@@ -6,11 +6,11 @@ from typing import Any, Sequence
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from gainet.core import GAIN
 from gainet.evaluation.classification import ClassificationMeter
 from gainet.evaluation.localization import AttentionSweep, CoverageMeter
+from gainet.progress import progress_bar
 
 IGNORE_INDEX = 255
 SKIP_EXAMPLES = 5  # skipped files named in the results (all are counted)
@@ -71,9 +71,9 @@ def evaluate_gain(
     classification = ClassificationMeter(num_classes, multi_label, voc_ap=voc_ap)
     sweep = AttentionSweep(num_classes)
     coverage = CoverageMeter(threshold=0.5)
-    seen_masks = seen_boxes = images_seen = 0
+    seen_masks = images_seen = 0
     try:
-        for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)):
+        for step, batch in enumerate(progress_bar(loader, desc=desc, leave=False, enabled=progress, dynamic_ncols=True)):
             if max_batches is not None and step >= max_batches:
                 break
             images = batch["image"].to(device)
@@ -92,9 +92,10 @@ def evaluate_gain(
             seen_masks += int(has_masks.sum())
             keep = has_masks[pairs[:, 0]]
             b, c = pairs[keep, 0], pairs[keep, 1]
+            # Box energy per map, over the images that have boxes (an empty box mask is not counted),
+            # so that one image without boxes does not drop the rest of its batch.
             has_boxes = batch["has_boxes"].bool()[b]
-            box_masks = batch["box_masks"][b, c] if bool(has_boxes.all()) else None
-            seen_boxes += int(has_boxes.all()) * int(keep.sum())
+            box_masks = batch["box_masks"][b, c] * has_boxes.view(-1, 1, 1).to(batch["box_masks"].dtype)
             coverage.update(
                 maps[keep], batch["masks"][b, c], valid=batch["segmentation"][b] != IGNORE_INDEX, box_masks=box_masks
             )

@@ -70,7 +70,8 @@ class TrainConfig(DictConfig):
     weights_grad: bool = config_field(False, "let losses differentiate through the Grad-CAM weights w^c (second order)")
     area_weight: float = config_field(0.3, "gain-adv: weight of the mean-attention regulariser against background spread "
                                  "(0.3: best of 0 / 0.1 / 0.3 measured in docs/ablation.md)")
-    warmup_epochs: int = config_field(2, "classification-only epochs before attention mining starts")
+    warmup_epochs: int = config_field(2, "classification-only epochs before attention mining starts (< epochs for the "
+                                         "GAIN methods; ignored by cam, which has no attention mining)")
     # data
     dataset: str = config_field("parts", "parts, bias (built-in worlds), voc or folder")
     data_root: str | None = config_field(None, "dataset directory (voc, folder)")
@@ -107,6 +108,8 @@ class TrainConfig(DictConfig):
     num_workers: int = config_field(0, "data-loader worker processes")
     seed: int = config_field(0, "random seed (data order, augmentation, initialisation)")
     threads: int | None = config_field(None, "CPU threads for torch (default: torch's choice)")
+    dist_timeout: float = config_field(600.0, "torchrun jobs: seconds a process waits for the others in a collective "
+                                              "(process-group start included) before it fails instead of hanging")
     output_dir: str = config_field("runs/train", "where checkpoints, logs and metrics go")
     resume: str | None = config_field(None, "checkpoint to resume from (or 'auto': output_dir/last.pt if present)")
     keep_epoch_checkpoints: bool = config_field(False, "also keep epoch-N.pt for every epoch")
@@ -118,11 +121,65 @@ class TrainConfig(DictConfig):
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.warmup_epochs > self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) > epochs ({self.epochs})")
+        for name, low, strict in _BOUNDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if value < low or (strict and value == low):
+                raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
+        # cam has no attention mining, hence no warm-up: its warmup_epochs is ignored. For the GAIN
+        # methods a warm-up that fills the whole run would silently train a plain classifier.
+        if self.method != "cam" and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs}) for "
+                             f"{self.method}: attention mining would never start (lower --warmup-epochs or raise "
+                             "--epochs)")
         if not 0.0 <= self.supervised_fraction <= 1.0:
             raise ValueError(f"supervised_fraction must be in [0, 1], got {self.supervised_fraction}")
 
+
+# (field, lower bound, bound excluded): numeric options outside their range are refused in one line.
+_BOUNDS = (
+    ("epochs", 1, False), ("batch_size", 1, False), ("image_size", 1, False), ("model_width", 1, False),
+    ("warmup_epochs", 0, False), ("lr", 0.0, True), ("momentum", 0.0, False), ("weight_decay", 0.0, False),
+    ("sigma", 0.0, False), ("omega", 0.0, True), ("alpha", 0.0, False), ("omega_e", 0.0, False),
+    ("area_weight", 0.0, False), ("supervised_count", 0, False), ("train_images", 1, False),
+    ("val_images", 1, False), ("grad_clip", 0.0, True), ("num_workers", 0, False), ("threads", 1, False),
+    ("eval_every", 1, False), ("eval_batches", 1, False), ("dist_timeout", 0.0, True),
+)
+
+
+# What a resume may change. Runtime options never change the numbers a run computes (beyond
+# floating-point noise); ``epochs`` and ``lr`` restart the learning-rate schedule as if the run had
+# been started with the new values (Trainer.load). Every other option must match the checkpoint.
+RESUME_RUNTIME_OPTIONS = frozenset({
+    "device", "amp", "channels_last", "num_workers", "threads", "output_dir", "resume", "keep_epoch_checkpoints",
+    "eval_every", "eval_batches", "progress", "tensorboard", "data_root", "dist_timeout",
+})
+RESUME_OVERRIDES = ("epochs", "lr")
+
+
+def check_resume(saved: dict[str, Any], config: TrainConfig, epoch: int, source: str | Path) -> list[str]:
+    """Refuse, in one line, resuming the checkpoint ``source`` (config ``saved``, trained for ``epoch``
+    epochs) as ``config`` asks; return the overridden names among :data:`RESUME_OVERRIDES`."""
+    wanted = config.to_dict()
+    ignored = RESUME_RUNTIME_OPTIONS | ({"warmup_epochs"} if config.method == "cam" else set())  # cam has none
+    different = [name for name, value in wanted.items()
+                 if name not in ignored and name in saved and saved[name] != value]
+    fixed = [name for name in different if name not in RESUME_OVERRIDES]
+    if fixed:
+        listed = ", ".join(f"{name}={saved[name]!r} (asked {wanted[name]!r})" for name in fixed)
+        recorded = Path(source).parent / "config.yaml"
+        hint = f"; --config {recorded} repeats its settings" if recorded.is_file() else ""
+        raise ValueError(f"{source}: cannot resume: the checkpoint was trained with {listed}; a resume may change "
+                         f"only {', '.join(RESUME_OVERRIDES)} and runtime options (or use a new --output-dir){hint}")
+    if config.epochs < epoch:
+        raise ValueError(f"{source}: cannot resume: the checkpoint is at epoch {epoch} > epochs {config.epochs}")
+    if different and config.epochs == epoch:
+        raise ValueError(f"{source}: cannot resume: the run is finished (epoch {epoch}); the new "
+                         f"{', '.join(different)} would apply to no epoch (raise --epochs)")
+    return different
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

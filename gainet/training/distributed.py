@@ -4,6 +4,7 @@ gradient of the same global batch as one process."""
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -12,6 +13,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+
+DEFAULT_TIMEOUT_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,14 @@ class DistributedContext:
             return cls()
         return cls(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world_size)
 
-    def init(self, device: torch.device) -> None:
-        """Join the process group: NCCL on GPUs, gloo on CPUs."""
+    def init(self, device: torch.device, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        """Join the process group: NCCL on GPUs, gloo on CPUs. ``timeout`` (seconds): how long a
+        collective waits for the other ranks before failing (torch's default, 30 min, would let a
+        stopped rank hang the job that long)."""
         if self.enabled and not dist.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
-            dist.init_process_group(backend=backend, rank=self.rank, world_size=self.world_size)
+            dist.init_process_group(backend=backend, rank=self.rank, world_size=self.world_size,
+                                    timeout=datetime.timedelta(seconds=timeout))
 
     def barrier(self) -> None:
         if self.enabled and dist.is_initialized():

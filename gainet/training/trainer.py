@@ -4,11 +4,13 @@ checkpoints with exact resume, progress bars, CSV and TensorBoard logs."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -17,16 +19,24 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from gainet.core import GAIN, AdversarialGAIN
 from gainet.data.errors import skip_summary
 from gainet.evaluation.evaluate import evaluate_gain
 from gainet.models import build_classifier
-from gainet.training.checkpoint import load_checkpoint, resolve_resume, save_atomic
-from gainet.training.config import ADVERSARIAL_METHODS, SUPERVISED_METHODS, TrainConfig
+from gainet.progress import progress_bar
+from gainet.training.checkpoint import (
+    load_checkpoint,
+    non_finite_tensors,
+    remove_stale_temporaries,
+    resolve_resume,
+    save_atomic,
+    write_text_atomic,
+)
+from gainet.training.config import ADVERSARIAL_METHODS, SUPERVISED_METHODS, TrainConfig, check_resume
 from gainet.training.data import build_datasets, epoch_loader, eval_loader
 from gainet.training.distributed import DistributedContext
+from gainet.training.output_lock import OutputDirLock
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +109,31 @@ class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.context = DistributedContext.from_env()
+        self.output_dir = Path(config.output_dir)
+        # A resume that cannot continue this checkpoint fails here, before anything is written.
+        self.resume_path = resolve_resume(config.resume, self.output_dir)
+        resume_state = load_checkpoint(self.resume_path) if self.resume_path else None
+        self.overridden: list[str] = []
+        if resume_state is not None:
+            self.overridden = check_resume(resume_state["config"], config, int(resume_state["epoch"]), self.resume_path)
+        # One run per output directory (rank 0 writes every file); temporaries of killed writes go.
+        self.lock = OutputDirLock(self.output_dir).acquire() if self.context.is_main else None
+        self._writer = None
+        try:
+            if self.context.is_main:
+                remove_stale_temporaries(self.output_dir)
+            self._build(config, resume_state)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, config: TrainConfig, resume_state: dict[str, Any] | None) -> None:
         self.device = resolve_device(config.device, self.context)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.context.init(self.device)
+        self.context.init(self.device, timeout=config.dist_timeout)
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.output_dir = Path(config.output_dir)
         seed_everything(config.seed)
 
         self.train_set, self.val_set = build_datasets(config)
@@ -134,12 +162,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_epoch = 0
         self.best_score: float | None = None
+        self.best_epoch: int | None = None
         self.history: list[dict[str, Any]] = []
+        self.final: dict[str, Any] = {}  # the last evaluated epoch's row with its "val" metrics
         self._writer = None
+        self._resumed_config: dict[str, Any] | None = None
 
-        resume = resolve_resume(config.resume, self.output_dir)
-        if resume:
-            self.load(resume)
+        if resume_state is not None:
+            self.load_state(resume_state, self.resume_path)
 
     # ------------------------------------------------------------------ state
     def state_dict(self, epoch: int) -> dict[str, Any]:
@@ -158,18 +188,29 @@ class Trainer:
             "adversary_optimizer": self.adversary_optimizer.state_dict() if self.adversary_optimizer else None,
             "adversary_scheduler": self.adversary_scheduler.state_dict() if self.adversary_scheduler else None,
             "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
             "history": self.history,
+            "final": _jsonable(self.final),
             "rng": {
                 "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
+                "numpy": _numpy_rng_state(),
                 "python": random.getstate(),
             },
         }
 
     def load(self, path: str | Path) -> None:
-        """Restore model, optimiser, schedule, scaler and history; training continues after the
-        checkpoint's epoch."""
-        state = load_checkpoint(path, map_location=self.device)
+        """Restore model, optimiser, schedule, scaler and history from ``path``; training continues
+        after the checkpoint's epoch."""
+        state = load_checkpoint(path)
+        self.overridden = check_resume(state["config"], self.config, int(state["epoch"]), path)
+        self.load_state(state, path)
+
+    def load_state(self, state: dict[str, Any], path: str | Path) -> None:
+        """:meth:`load` from a checkpoint already read (and checked with ``check_resume``).
+
+        A new ``epochs`` or ``lr`` (``self.overridden``) restarts the learning-rate schedule as if the
+        run had begun with the new values: the next epoch's rate is the one a fresh run with this
+        config would use at that epoch. Optimiser moments and everything else continue exactly."""
         if list(state["classes"]) != list(self.train_set.classes):
             raise ValueError(f"{path}: checkpoint classes {state['classes']} differ from the dataset's")
         self.gain.load_state_dict(state["model"])
@@ -183,18 +224,81 @@ class Trainer:
             self.adversary_scheduler.load_state_dict(state["adversary_scheduler"])
         self.best_score = state["best_score"]
         self.history = list(state["history"])
+        # Checkpoints of older versions lack best_epoch and final: recovered from the history.
+        self.best_epoch = state.get("best_epoch", _best_epoch(self.history, self.best_score))
+        self.final = dict(state.get("final") or _final_row(self.history))
         self.start_epoch = int(state["epoch"])
+        self._resumed_config = dict(state["config"])
+        if self.overridden:
+            self._restart_schedules()
+            logger.info("resume overrides %s: learning-rate schedule recomputed for epoch %d",
+                        ", ".join(f"{k}={getattr(self.config, k)}" for k in self.overridden), self.start_epoch + 1)
         logger.info("resumed from %s after epoch %d", path, self.start_epoch)
 
+    def _restart_schedules(self) -> None:
+        """New schedulers for the config's lr and epochs, stepped through the epochs already done."""
+        for optimizer_name, scheduler_name in (("optimizer", "scheduler"),
+                                               ("adversary_optimizer", "adversary_scheduler")):
+            optimizer = getattr(self, optimizer_name)
+            if optimizer is None:
+                continue
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] = self.config.lr
+            scheduler = build_scheduler(self.config, optimizer)
+            with warnings.catch_warnings():  # stepping a schedule without optimiser steps is the point here
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(self.start_epoch):
+                    scheduler.step()
+            setattr(self, scheduler_name, scheduler)
+
     def save(self, epoch: int, is_best: bool) -> None:
+        """Write this epoch's files, ``last.pt`` last: once it holds epoch N, best.pt, epoch-N.pt
+        and metrics.csv hold epoch N too; a kill before it means a resume redoes epoch N exactly."""
         if not self.context.is_main:
             return
         state = self.state_dict(epoch)
-        save_atomic(state, self.output_dir / "last.pt")
-        if self.config.keep_epoch_checkpoints:
-            save_atomic(state, self.output_dir / f"epoch-{epoch}.pt")
         if is_best:
             save_atomic(state, self.output_dir / "best.pt")
+        if self.config.keep_epoch_checkpoints:
+            save_atomic(state, self.output_dir / f"epoch-{epoch}.pt")
+        self._write_metrics_csv()
+        save_atomic(state, self.output_dir / "last.pt")
+        write_text_atomic(self.output_dir / "config.yaml", _yaml(self.config.to_dict()))
+
+    def _write_metrics_csv(self) -> None:
+        columns: list[str] = []
+        for row in self.history:
+            columns += [k for k in row if k not in columns and not isinstance(row[k], (list, dict))]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.history)
+        write_text_atomic(self.output_dir / "metrics.csv", text.getvalue())
+
+    def _repair_outputs(self) -> None:
+        """Resuming: bring metrics.csv, config.yaml and best.pt in line with the checkpoint, so that
+        a run killed between its writes (or one written by an older gainet, which saved last.pt
+        first) ends with a consistent set. final.json is written when fit() ends."""
+        if not self.context.is_main or self._resumed_config is None:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.history:
+            self._write_metrics_csv()
+        # config.yaml describes the checkpoint until a new epoch is saved with the new config
+        write_text_atomic(self.output_dir / "config.yaml", _yaml(self._resumed_config))
+        best = self.output_dir / "best.pt"
+        if self.best_epoch is not None and self.best_epoch == self.start_epoch:
+            best_epoch = None
+            if best.is_file():
+                try:
+                    best_epoch = int(load_checkpoint(best)["epoch"])
+                except ValueError:
+                    best_epoch = None
+            if best_epoch != self.best_epoch:
+                logger.info("rewriting %s: it did not hold the best epoch %d", best, self.best_epoch)
+                state = self.state_dict(self.start_epoch)
+                state["config"] = self._resumed_config
+                save_atomic(state, best)
 
     # ------------------------------------------------------------------ loop
     def _autocast(self):
@@ -212,8 +316,9 @@ class Trainer:
         loader = epoch_loader(self.train_set, config, epoch, self.context, pin_memory=self.device.type == "cuda")
         sums: dict[str, float] = {}
         steps = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs} {config.method}", leave=False,
-                   disable=not (config.progress and self.context.is_main), dynamic_ncols=True)
+        supervised_steps = 0  # L_e is averaged over the steps that had a supervised image only
+        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs} {config.method}", leave=False,
+                   enabled=config.progress and self.context.is_main, dynamic_ncols=True)
         for batch in bar:
             images = batch["image"].to(self.device, non_blocking=True)
             if config.channels_last:
@@ -237,8 +342,10 @@ class Trainer:
             if output.loss_adversary is not None:
                 values["loss_adversary"] = output.loss_adversary.item()
                 values["loss_area"] = output.loss_area.item()
+            supervised_step = use_masks and supervised is not None and bool(supervised.any())
             if self.context.enabled and (mine or use_masks or self.adversarial):
                 total = total + self._global_batch_correction(output, supervised, values)
+                supervised_step = values.pop("supervised_anywhere") > 0
             optimizers = [o for o in (self.optimizer, self.adversary_optimizer) if o is not None]
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
@@ -253,14 +360,17 @@ class Trainer:
                 self.scaler.step(optimizer)
             self.scaler.update()
             steps += 1
+            supervised_steps += int(supervised_step)
             for key, value in values.items():
-                sums[key] = sums.get(key, 0.0) + value
+                if key != "loss_e" or supervised_step:
+                    sums[key] = sums.get(key, 0.0) + value
             bar.set_postfix(loss=f"{values['loss']:.3f}", am=f"{values['loss_am']:.3f}")
         if steps == 0:
             raise ValueError(
                 f"no training step: {len(self.train_set)} images < batch size {config.batch_size} (drop_last)"
             )
-        means = {f"train/{k}": v / steps for k, v in sums.items()}
+        means = {f"train/{k}": v / steps for k, v in sums.items() if k != "loss_e"}
+        means["train/loss_e"] = sums.get("loss_e", 0.0) / supervised_steps if supervised_steps else 0.0
         return self.context.mean(means, self.device)
 
     def _global_batch_correction(self, output: Any, supervised: torch.Tensor | None,
@@ -283,6 +393,8 @@ class Trainer:
         n_maps = output.pairs.shape[0] if output.attention is not None else 0
         rows = output.scores.shape[0] + (output.pairs.shape[0] if output.erased is not None else 0)
         s_am, s_e, s_area, s_adv = self.context.global_mean_scales([n_am, n_e, n_maps, rows], self.device)
+        # Some rank had a supervised image: here (n_e > 0), or elsewhere (then this rank's scale is 0).
+        values["supervised_anywhere"] = float(n_e > 0 or s_e == 0.0)
         correction = (s_am - 1.0) * gain.alpha * output.loss_am.float() + (s_e - 1.0) * gain.omega_e * output.loss_e.float()
         values["loss"] += (s_am - 1.0) * gain.alpha * values["loss_am"] + (s_e - 1.0) * gain.omega_e * values["loss_e"]
         values["loss_am"] *= s_am
@@ -312,15 +424,6 @@ class Trainer:
         if not self.context.is_main:
             return
         scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        csv_path = self.output_dir / "metrics.csv"
-        rows = [*self.history]
-        columns: list[str] = []
-        for r in rows:
-            columns += [k for k in r if k not in columns and not isinstance(r[k], (list, dict))]
-        with open(csv_path, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
         if self.config.tensorboard:
             if self._writer is None:
                 from torch.utils.tensorboard import SummaryWriter
@@ -331,18 +434,46 @@ class Trainer:
                     self._writer.add_scalar(key, value, int(row["epoch"]))
             self._writer.flush()
 
+    def _check_finite(self, epoch: int) -> None:
+        """Stop before a diverged model (NaN/inf in a weight or a buffer such as BatchNorm's
+        running_var, which a finite loss does not reveal) is evaluated, selected or saved: the
+        checkpoints of the last good epoch stay."""
+        bad = non_finite_tensors(self.gain.state_dict())
+        if bad:
+            raise FloatingPointError(
+                f"non-finite values (NaN/inf) in {len(bad)} model tensor(s) after epoch {epoch + 1}, first {bad[0]!r}; "
+                "nothing of this epoch is saved (lower lr or set --grad-clip)"
+            )
+
     def fit(self) -> dict[str, Any]:
         """Train from ``start_epoch`` to ``epochs``; returns the final validation metrics."""
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the output directory and the TensorBoard writer (the trainer's state stays usable)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _fit(self) -> dict[str, Any]:
         config = self.config
         if self.context.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(_yaml(config.to_dict()))
-        final: dict[str, Any] = dict(self.history[-1]) if self.history else {}
+            if self._resumed_config is None:
+                write_text_atomic(self.output_dir / "config.yaml", _yaml(config.to_dict()))
+        self._repair_outputs()
         for epoch in range(self.start_epoch, config.epochs):
             started = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
                                    "train/skipped": skip_summary(self.train_set)["count"]}
             row.update(self.train_epoch(epoch))
+            self._check_finite(epoch)
             self.scheduler.step()
             if self.adversary_scheduler is not None:
                 self.adversary_scheduler.step()
@@ -356,7 +487,8 @@ class Trainer:
                 is_best = math.isfinite(score) and (self.best_score is None or score > self.best_score)
                 if is_best:
                     self.best_score = score
-                final = {**row, "val": metrics}
+                    self.best_epoch = epoch + 1
+                self.final = {**row, "val": metrics}
             self.history.append(row)
             self.save(epoch + 1, is_best)
             self._log(row)
@@ -364,11 +496,36 @@ class Trainer:
             if self.context.is_main:
                 logger.info("epoch %d: %s", epoch + 1, _summary(row))
         if self.context.is_main:
-            final_record = {**final, "train_skipped_files": skip_summary(self.train_set)["first"]}
-            (self.output_dir / "final.json").write_text(json.dumps(_jsonable(final_record), indent=2))
-        if self._writer is not None:
-            self._writer.close()
-        return final
+            final_record = {**self.final, "train_skipped_files": skip_summary(self.train_set)["first"]}
+            write_text_atomic(self.output_dir / "final.json", json.dumps(_jsonable(final_record), indent=2))
+        return self.final
+
+
+def _score_of(row: dict[str, Any]) -> float | None:
+    return row.get("val/mAP", row.get("val/accuracy"))
+
+
+def _best_epoch(history: list[dict[str, Any]], best_score: float | None) -> int | None:
+    """The last epoch whose validation score is ``best_score``."""
+    if best_score is None:
+        return None
+    return next((int(row["epoch"]) for row in reversed(history) if _score_of(row) == best_score), None)
+
+
+def _final_row(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last evaluated epoch's row with its flat ``val/`` metrics under ``"val"``."""
+    for row in reversed(history):
+        if _score_of(row) is not None:
+            return {**row, "val": {k[len("val/"):]: v for k, v in row.items() if k.startswith("val/")}}
+    return dict(history[-1]) if history else {}
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    """numpy's global RNG state as a tensor and plain values: ``weights_only`` loading accepts it
+    (numpy arrays would need unpickling arbitrary globals)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
 
 
 def _summary(row: dict[str, Any]) -> str:

@@ -11,11 +11,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from gainet.core import GAIN, normalise_maps
 from gainet.evaluation.localization import AttentionSweep, default_thresholds
 from gainet.evaluation.report import markdown_table
+from gainet.progress import progress_bar
 from gainet.wsss import data as io
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def make_cams(
     cams_dir = output / CAMS_DIR
     written = skipped = 0
     total = dataset.wsss_size
-    bar = tqdm(range(total), desc=f"make-cams {spec['split']}", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(range(total), desc=f"make-cams {spec['split']}", enabled=progress, dynamic_ncols=True)
     for index in bar:
         path = io.item_path(cams_dir, dataset.image_id(index), ".npy")
         if path.is_file() and not overwrite:
@@ -227,7 +227,7 @@ def eval_cams(
     require_complete(folder, dataset, ".npy", "gainet make-cams")
     sweep = AttentionSweep(len(classes), default_thresholds() if thresholds is None else thresholds)
     images = 0
-    for _, item in tqdm(io.iterate(dataset), total=dataset.wsss_size, desc="eval-cams", disable=not progress,
+    for _, item in progress_bar(io.iterate(dataset), total=dataset.wsss_size, desc="eval-cams", enabled=progress,
                         dynamic_ncols=True):
         if item.segmentation is None:
             continue

@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from gainet.data.transforms import IGNORE_INDEX
 from gainet.evaluation.localization import predict_segmentation
 from gainet.evaluation.report import markdown_table
 from gainet.evaluation.segmentation import ConfusionMatrix
+from gainet.progress import progress_bar
 from gainet.wsss import data as io
 from gainet.wsss.cams import CAMS_DIR, CAMS_STAGE, EVAL_CAMS_JSON, dense_maps, per_class_rows, require_complete
 from gainet.wsss.crf import CRFParams, crf_labels
@@ -141,7 +141,7 @@ def make_pseudo_labels(
     io.claim_folder(output, labels_meta, ["cams", "data", "fg_threshold", "bg_threshold", "crf"], overwrite)
     labels_dir = output / LABELS_DIR
     written = skipped = 0
-    for index in tqdm(range(dataset.wsss_size), desc="pseudo-labels", disable=not progress, dynamic_ncols=True):
+    for index in progress_bar(range(dataset.wsss_size), desc="pseudo-labels", enabled=progress, dynamic_ncols=True):
         image_id = dataset.image_id(index)
         path = io.item_path(labels_dir, image_id, ".png")
         if path.is_file() and not overwrite:
@@ -180,8 +180,8 @@ def eval_pseudo_labels(labels_dir: str | Path, *, data_root: str | None = None, 
     require_complete(folder, dataset, ".png", "gainet pseudo-labels")
     all_pixels, confident = ConfusionMatrix(len(classes) + 1), ConfusionMatrix(len(classes) + 1)
     unsure = valid = images = 0
-    for _, item in tqdm(io.iterate(dataset), total=dataset.wsss_size, desc="eval pseudo-labels",
-                        disable=not progress, dynamic_ncols=True):
+    for _, item in progress_bar(io.iterate(dataset), total=dataset.wsss_size, desc="eval pseudo-labels",
+                        enabled=progress, dynamic_ncols=True):
         if item.segmentation is None:
             continue
         label = torch.from_numpy(io.load_index_png(io.item_path(folder, item.image_id, ".png")))

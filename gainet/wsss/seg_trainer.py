@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
-from tqdm.auto import tqdm
 
 from gainet.data.transforms import IGNORE_INDEX, JointTransform
 from gainet.evaluation.report import markdown_table
 from gainet.evaluation.segmentation import ConfusionMatrix
-from gainet.training.checkpoint import load_checkpoint, resolve_resume, save_atomic
+from gainet.progress import progress_bar
+from gainet.training.checkpoint import load_checkpoint, remove_stale_temporaries, resolve_resume, save_atomic
 from gainet.wsss import data as io
 from gainet.wsss.cams import parse_base_size, per_class_rows, require_complete, scaled_sizes, to_input
 from gainet.wsss.crf import CRFParams, crf_probabilities
@@ -181,8 +181,8 @@ class SegTrainer:
                             pin_memory=self.device.type == "cuda")
         self.model.train()
         total = steps = 0.0
-        bar = tqdm(loader, desc=f"train-seg epoch {epoch + 1}/{config.epochs}", leave=False,
-                   disable=not config.progress, dynamic_ncols=True)
+        bar = progress_bar(loader, desc=f"train-seg epoch {epoch + 1}/{config.epochs}", leave=False,
+                   enabled=config.progress, dynamic_ncols=True)
         for batch in bar:
             images = batch["image"].to(self.device, non_blocking=True)
             targets = batch["target"].to(self.device, non_blocking=True)
@@ -206,6 +206,7 @@ class SegTrainer:
     def fit(self) -> dict[str, Any]:
         config = self.config
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.output_dir)  # left by a write that a kill interrupted
         (self.output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         for epoch in range(self.start_epoch, config.epochs):
             started = time.perf_counter()
@@ -325,7 +326,7 @@ def evaluate_segmentation(
     folder = output / PREDICTIONS_DIR
     train_size = int(state["config"].get("crop_size") or spec["image_size"])
     written = skipped = 0
-    for index in tqdm(range(dataset.wsss_size), desc=f"eval-seg predict {split}", disable=not progress,
+    for index in progress_bar(range(dataset.wsss_size), desc=f"eval-seg predict {split}", enabled=progress,
                       dynamic_ncols=True):
         path = io.item_path(folder, dataset.image_id(index), ".png")
         if path.is_file() and not overwrite:
@@ -349,7 +350,7 @@ def score_predictions(output: Path, dataset: Dataset, classes: Sequence[str], *,
     require_complete(folder, dataset, ".png", "gainet eval-seg")
     matrix = ConfusionMatrix(len(classes))
     images = 0
-    for _, item in tqdm(io.iterate(dataset), total=dataset.wsss_size, desc="eval-seg score", disable=not progress,
+    for _, item in progress_bar(io.iterate(dataset), total=dataset.wsss_size, desc="eval-seg score", enabled=progress,
                         dynamic_ncols=True):
         if item.segmentation is None:
             continue
