@@ -32,8 +32,9 @@ def evaluate_gain(
     ``attention_iou`` / ``pointing`` at threshold 0.5, ``box_energy`` where boxes exist.
 
     Returns:
-        flat metrics: ``mAP`` (multi-label) or ``accuracy`` (single-label), the attention metrics
-        above when masks exist, ``images``: number of images seen.
+        flat metrics: ``mAP`` (multi-label) or ``accuracy`` (single-label), ``label_prior`` (what
+        the label frequencies alone score on the same metric), the attention metrics above when
+        masks exist, ``images``: number of images seen.
     """
     dataset = loader.dataset
     num_classes = len(dataset.classes)
@@ -73,6 +74,7 @@ def evaluate_gain(
     finally:
         gain.train(was_training)
     metrics: dict[str, Any] = dict(classification.compute())
+    metrics["label_prior"] = classification.label_prior()
     metrics["images"] = images_seen
     if seen_masks:
         swept = sweep.compute()

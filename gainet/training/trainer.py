@@ -25,6 +25,7 @@ from gainet.models import build_classifier
 from gainet.training.checkpoint import load_checkpoint, resolve_resume, save_atomic
 from gainet.training.config import ADVERSARIAL_METHODS, SUPERVISED_METHODS, TrainConfig
 from gainet.training.data import build_datasets, epoch_loader, eval_loader
+from gainet.training.defaults import warn_at_label_prior
 from gainet.training.distributed import DistributedContext
 
 logger = logging.getLogger(__name__)
@@ -355,6 +356,7 @@ class Trainer:
                 if is_best:
                     self.best_score = score
                 final = {**row, "val": metrics}
+                warn_at_label_prior(metrics, config, epoch + 1)
             self.history.append(row)
             self.save(epoch + 1, is_best)
             self._log(row)
