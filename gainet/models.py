@@ -89,8 +89,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_state_dict_file(model: nn.Module, path: str | Path, state: dict | None = None) -> None:
-    state = read_state_dict(path) if state is None else state
+def _load_state_dict_file(model: nn.Module, path: str | Path) -> None:
+    state = read_state_dict(path)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys:
         raise ValueError(f"{path}: weights miss {len(result.missing_keys)} keys, e.g. {result.missing_keys[:3]}")
