@@ -82,7 +82,7 @@ def model_explainer(
     """The explainer of any classifier with its own head (see :func:`gainet.models.load_classifier`).
 
     Class names: ImageNet-1k's (offline, from torchvision's metadata) when the model has 1000
-    outputs, else the output indices. Normalisation: the model's own (timm's pretrained config),
+    outputs; timm's own names for its other ImageNet heads (12k, 22k); else the output indices. Normalisation: the model's own (timm's pretrained config),
     else ImageNet's.
     """
     from gainet.training.distributed import DistributedContext
@@ -95,11 +95,28 @@ def model_explainer(
     std = tuple(float(s) for s in config.get("std", IMAGENET_STD))
     with torch.no_grad():
         outputs = model(torch.zeros(1, 3, size, size)).shape[1]
-    names = imagenet_categories() if outputs == IMAGENET_NUM_CLASSES and name != "small-cnn" else \
-        [str(i) for i in range(outputs)]
+    names = _class_names(name, outputs)
     gain = GAIN(model, attention_layer, multi_label=False, probe_size=size)
     gain = gain.to(resolve_device(device, DistributedContext())).eval()
     return Explainer(gain, names, size, mean, std)
+
+
+def _class_names(name: str, outputs: int) -> list[str]:
+    """ImageNet-1k's names for a 1000-output head; a timm head of another ImageNet subset
+    (12k, 21k/22k) gets timm's names for it (shipped with timm: offline); else the indices."""
+    if name == "small-cnn":
+        return [str(i) for i in range(outputs)]
+    if outputs == IMAGENET_NUM_CLASSES:
+        return imagenet_categories()
+    if name.startswith("timm:"):
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset({"num_classes": outputs})  # timm's own guess: by the head's size
+        if subset is not None:
+            info = ImageNetInfo(subset)
+            if info.num_classes() == outputs:
+                return [info.index_to_description(i).split(",")[0].strip() for i in range(outputs)]
+    return [str(i) for i in range(outputs)]
 
 
 def image_files(inputs: Sequence[str | Path]) -> list[Path]:

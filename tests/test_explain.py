@@ -78,7 +78,12 @@ def test_a_1000_class_model_gets_imagenet_names(tmp_path: Path) -> None:
     assert main(["explain", str(tmp_path / "in"), "--model", "timm:test_efficientnet", "--weights", str(weights),
                  "--image-size", "48", "--top-k", "2", "--classes", "tench", "goldfish", "--output", str(out),
                  "--device", "cpu"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["x_goldfish.png", "x_tench.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["x_goldfish.png", "x_tench.png"]
+    twelve_k = tmp_path / "tiny_timm_12k.pth"
+    torch.save(timm.create_model("test_efficientnet", pretrained=False, num_classes=11821).state_dict(), twelve_k)
+    assert main(["explain", str(tmp_path / "in"), "--model", "timm:test_efficientnet", "--weights", str(twelve_k),
+                 "--image-size", "48", "--classes", "benthos", "--output", str(out / "12k"), "--device", "cpu"]) == 0
+    assert [p.name for p in (out / "12k").iterdir()] == ["x_benthos.png"]  # timm's ImageNet-12k names
     categories = imagenet_categories()  # torchvision's metadata: offline
     assert len(categories) == 1000 and categories[0] == "tench" and safe_name("great white shark") == "great_white_shark"
 
