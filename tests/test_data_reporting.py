@@ -25,7 +25,7 @@ def _folder(root: Path, names: str = "abcdef") -> Path:
 
 
 def _train_args(root: Path, output: Path, *extra: str) -> list[str]:
-    return ["train", "--dataset", "folder", "--data-root", str(root), "--output-dir", str(output), "--method", "cam",
+    return ["train", "--dataset", "folder", "--data-root", str(root), "--output-dir", str(output), "--method", "cam", "--model", "small-cnn",
             "--model-width", "4", "--image-size", "16", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "2",
             "--no-progress", "--no-tensorboard", "--threads", "1", *extra]
 

@@ -105,9 +105,9 @@ def test_advice_only_when_the_score_sits_at_the_prior() -> None:
 
 
 def test_training_that_learns_nothing_says_so(tmp_path: Path, caplog) -> None:
-    # lr 0: the untrained net's random ranking; 64 validation images keep its mAP near the prior
+    # lr 1e-12: the untrained net's random ranking (lr must be > 0); 64 validation images keep its mAP near the prior
     config = TrainConfig(dataset="parts", image_size=32, train_images=32, val_images=64, model="small-cnn",
-                         model_width=4, method="cam", epochs=2, warmup_epochs=0, batch_size=16, lr=0.0,
+                         model_width=4, method="cam", epochs=2, warmup_epochs=0, batch_size=16, lr=1e-12,
                          progress=False, tensorboard=False, threads=1, output_dir=str(tmp_path / "run"))
     with caplog.at_level(logging.WARNING, logger="gainet.training.defaults"):
         final = train(config)
