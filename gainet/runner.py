@@ -17,7 +17,7 @@ from gainet.core import GAIN
 from gainet.data import build_dataset
 from gainet.data.readers import read_rgb
 from gainet.data.transforms import build_transform
-from gainet.evaluation.evaluate import evaluate_gain
+from gainet.evaluation.evaluate import evaluate_gain, with_agnostic_rows
 from gainet.evaluation.overlays import denormalise, overlay, save_png
 from gainet.evaluation.report import markdown_table
 from gainet.training.checkpoint import load_checkpoint
@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Splits evaluated by default for datasets that have them (the bias world's two test sets).
 DEFAULT_TEST_SPLITS = {"bias": ["test_biased", "test_decorrelated"]}
+# Columns of the metrics table; each split's row is followed by its class-agnostic baseline row.
+METRIC_COLUMNS = ("mAP", "accuracy", "cam_miou", "cam_threshold", "coverage", "precision", "attention_iou", "pointing",
+                  "box_energy", "part_coverage", "body_coverage", "wrong_class_coverage", "images")
 
 
 def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[GAIN, TrainConfig, dict[str, Any]]:
@@ -62,9 +65,9 @@ def evaluate_checkpoint(
                                 image_size=config.image_size, train_transforms=False, **config.dataset_options)
         results[split] = evaluate_gain(gain, eval_loader(dataset, batch_size), device=torch_device,
                                        max_batches=max_batches, desc=f"evaluate {split}")
-    rows = [{"split": s, **{k: v for k, v in m.items() if isinstance(v, (int, float))}} for s, m in results.items()]
-    columns = ["split"] + [c for c in ("mAP", "accuracy", "cam_miou", "cam_threshold", "coverage", "precision",
-                                       "attention_iou", "pointing", "box_energy", "images") if any(c in r for r in rows)]
+    rows = with_agnostic_rows(
+        [{"split": s, **{k: v for k, v in m.items() if isinstance(v, (int, float))}} for s, m in results.items()], "split")
+    columns = ["split"] + [c for c in METRIC_COLUMNS if any(c in r for r in rows)]
     table = markdown_table(rows, columns)
     output = Path(output_dir) if output_dir else Path(checkpoint).parent
     output.mkdir(parents=True, exist_ok=True)
