@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Splits evaluated by default for datasets that have them (the bias world's two test sets).
-DEFAULT_TEST_SPLITS = {"bias": ["test_biased", "test_decorrelated"]}
+DEFAULT_TEST_SPLITS = {"bias": ["test_biased", "test_decorrelated"],
+                       "garments-bias": ["test_biased", "test_decorrelated", "test_context_only"]}
 # Columns of the metrics table; each split's row is followed by its class-agnostic baseline row.
 METRIC_COLUMNS = ("mAP", "accuracy", "cam_miou", "cam_threshold", "coverage", "precision", "attention_iou", "pointing",
                   "box_energy", "part_coverage", "body_coverage", "wrong_class_coverage", "images")
