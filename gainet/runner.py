@@ -37,12 +37,25 @@ METRIC_COLUMNS = ("mAP", "accuracy", "cam_miou", "cam_threshold", "coverage", "p
                   "box_energy", "part_coverage", "body_coverage", "wrong_class_coverage", "images")
 
 
-def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[GAIN, TrainConfig, dict[str, Any]]:
-    """The trained GAIN model (eval mode) of a checkpoint, its config and the raw state."""
+def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu",
+                 attention_layer: str | None = None) -> tuple[GAIN, TrainConfig, dict[str, Any]]:
+    """The trained GAIN model (eval mode) of a checkpoint, its config and the raw state;
+    ``attention_layer`` replaces the layer the model was trained with (maps of another layer of
+    the same weights, e.g. ``stride16``)."""
     state = load_checkpoint(checkpoint, map_location="cpu")
     config = TrainConfig.from_dict(state["config"])
+    if attention_layer is not None:
+        config = config.replace(attention_layer=attention_layer)
     gain = build_gain(config.replace(pretrained=None), len(state["classes"]), bool(state["multi_label"]))
-    gain.load_state_dict(state["model"])
+    if attention_layer is None:
+        gain.load_state_dict(state["model"])
+    else:
+        # backbone.linear_head is the model's own final Linear (the closed-form path), registered
+        # a second time; another layer may have it where the trained one had not, or the reverse.
+        result = gain.load_state_dict(state["model"], strict=False)
+        stray = [k for k in result.missing_keys + result.unexpected_keys if not k.startswith("backbone.linear_head.")]
+        if stray:
+            raise ValueError(f"{checkpoint}: weights do not fit the model, e.g. {stray[0]!r}")
     return gain.to(device).eval(), config, state
 
 
@@ -55,10 +68,12 @@ def evaluate_checkpoint(
     batch_size: int = 32,
     device: str = "auto",
     max_batches: int | None = None,
+    attention_layer: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on each split; write ``metrics.json`` and ``metrics.md``."""
+    """Evaluate a checkpoint on each split; write ``metrics.json`` and ``metrics.md``.
+    ``attention_layer``: score the maps of another layer than the training config's."""
     torch_device = resolve_device(device, DistributedContext())
-    gain, config, _ = load_trained(checkpoint, torch_device)
+    gain, config, _ = load_trained(checkpoint, torch_device, attention_layer)
     splits = list(splits or DEFAULT_TEST_SPLITS.get(config.dataset, [config.val_split]))
     results: dict[str, dict[str, Any]] = {}
     for split in splits:
@@ -73,7 +88,8 @@ def evaluate_checkpoint(
     output = Path(output_dir) if output_dir else Path(checkpoint).parent
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.json").write_text(json.dumps(
-        {"checkpoint": str(checkpoint), "method": config.method, "splits": results}, indent=2, default=_json_default))
+        {"checkpoint": str(checkpoint), "method": config.method, "attention_layer": gain.backbone.layer_name,
+         "splits": results}, indent=2, default=_json_default))
     (output / "metrics.md").write_text(f"# {Path(checkpoint).name} ({config.method})\n\n{table}\n")
     return {"splits": results, "markdown": table, "output": str(output)}
 

@@ -130,6 +130,12 @@ def test_cli_train_config_file_overrides_evaluate_and_explain(tmp_path: Path, ca
     table = (tmp_path / "ev" / "metrics.md").read_text()
     assert "| val |" in table and "| val (class-agnostic) |" in table and "part_coverage" in table
     assert 0 <= metrics["splits"]["val"]["agnostic_cam_miou"] <= 1
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "cli" / "best.pt"), "--output", str(tmp_path / "ev5"),
+                 "--device", "cpu", "--attention-layer", "features.5"]) == 0  # another layer of the same weights
+    other = json.loads((tmp_path / "ev5" / "metrics.json").read_text())
+    assert metrics["attention_layer"] == "features" and other["attention_layer"] == "features.5"
+    assert other["splits"]["val"]["mAP"] == metrics["splits"]["val"]["mAP"]
+    assert other["splits"]["val"]["cam_miou"] != metrics["splits"]["val"]["cam_miou"]
 
     images = tmp_path / "images"
     images.mkdir()
