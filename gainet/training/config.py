@@ -68,8 +68,10 @@ class TrainConfig(DictConfig):
                                  "(0.3: best of 0 / 0.1 / 0.3 measured in docs/ablation.md)")
     warmup_epochs: int = config_field(2, "classification-only epochs before attention mining starts")
     # data
-    dataset: str = config_field("parts", "parts, bias (built-in worlds), voc or folder")
-    data_root: str | None = config_field(None, "dataset directory (voc, folder)")
+    dataset: str = config_field("parts", "parts, bias (built-in worlds), garments, garments-bias (Fashion-MNIST "
+                                    "photos in scenes, docs/data.md), voc or folder")
+    data_root: str | None = config_field(None, "dataset directory (voc, folder; garments: the Fashion-MNIST idx "
+                                    "files, default /usr/share/datasets/fashion-mnist)")
     train_split: str = config_field("train", "training split")
     val_split: str = config_field("val", "validation split (model selection and the per-epoch metrics)")
     image_size: int = config_field(64, "input side in pixels")
