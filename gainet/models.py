@@ -4,17 +4,11 @@ ImageNet weights, and a small CNN that trains on a laptop CPU in minutes.
 Attention layers (``attention_layer``: a dotted module name, or one of the names below for the
 models listed in :data:`ATTENTION_LAYERS`; none = found automatically, the last spatial layer):
 
-============================  ==========  ======================  ====================================
-model                         name        layer                   maps (channels; side at 64 / 128 px)
-============================  ==========  ======================  ====================================
-``small-cnn``                 ``stride4``  ``features`` (default)  2w*2 channels; 16 / 32
-``efficientnet-lite0``        ``stride32`` ``_head_activation``    1280; 2 / 4
-                                           (default)
-``efficientnet-lite0``        ``stride16`` ``_blocks.10``          112 (last block before the
-                                                                   stride-32 stage); 4 / 8
-``resnet18/34/50/101/152``    ``stride32`` ``layer4`` (default)    512 or 2048; 2 / 4
-``resnet18/34/50/101/152``    ``stride16`` ``layer3``              256 or 1024; 4 / 8
-============================  ==========  ======================  ====================================
+- ``small-cnn``: ``stride4`` = ``features`` (default; 4w channels, 16x16 maps at 64 px).
+- ``efficientnet-lite0``: ``stride32`` = ``_head_activation`` (default; 1280 channels, 4x4 maps at
+  128 px), ``stride16`` = ``_blocks.10`` (112 channels, the last block before the stride-32 stage;
+  8x8 maps at 128 px).
+- ``resnet18/34/50/101/152``: ``stride32`` = ``layer4`` (default), ``stride16`` = ``layer3``.
 
 A layer at stride 16 gives four times as many map cells, at the price of features one stage less
 semantic, and of the closed-form Grad-CAM weights (the head after it is no longer GAP + linear,
