@@ -143,3 +143,25 @@ def test_trainer_and_evaluate_run_on_garments(fashion_root: Path, tmp_path: Path
     assert 0 <= final["val"]["mAP"] <= 1 and "agnostic_cam_miou" in final["val"]
     result = evaluate_checkpoint(tmp_path / "run" / "last.pt", splits=["test"], device="cpu")
     assert "| test (class-agnostic) |" in result["markdown"]
+
+
+def test_download_only_when_asked(tmp_path: Path, monkeypatch) -> None:
+    import torchvision.datasets
+
+    calls = []
+
+    class FakeFashionMNIST:  # stands in for torchvision's class: "downloads" the tiny files
+        def __init__(self, root, train=True, download=False):
+            calls.append((root, download))
+            if download:
+                write_fashion(Path(root) / "FashionMNIST" / "raw")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeFashionMNIST)
+    with pytest.raises(DataError, match="not found"):
+        GarmentsWorld("val", root=tmp_path, image_size=32, stats_images=4)
+    assert calls == []  # nothing fetched without the flag
+    world = build_dataset("garments", "val", root=tmp_path, image_size=32, num_images=2, stats_images=4,
+                          download=True)
+    assert calls == [(str(tmp_path), True)] and world.files == tmp_path / "FashionMNIST" / "raw"
+    with pytest.raises(DataError, match="needs a root"):
+        GarmentsWorld("val", download=True)
