@@ -53,7 +53,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gain-ext/warmup5": {"method": "gain-ext", "supervised_fraction": 0.05, "warmup_epochs": 5},
     "gain-adv-ext": {"method": "gain-adv-ext", "supervised_fraction": 0.05},
 }
-METRICS = ("mAP", "accuracy", "cam_miou", "cam_threshold", "coverage", "precision", "attention_iou", "pointing")
+SCORES = ("mAP", "accuracy")
+# Attention metrics of the model's class maps; each also exists as agnostic_<metric>, the class-agnostic
+# baseline of the same model (the mean of all its class maps), shown as its own row under every variant.
+ATTENTION = ("cam_miou", "cam_threshold", "coverage", "precision", "attention_iou", "pointing", "part_coverage",
+             "body_coverage", "wrong_class_coverage")
+METRICS = SCORES + ATTENTION + tuple(f"agnostic_{k}" for k in ATTENTION)
 
 
 def run_one(job: tuple[str, int, str, dict[str, Any], str, str]) -> dict[str, Any]:
@@ -76,10 +81,10 @@ def run_one(job: tuple[str, int, str, dict[str, Any], str, str]) -> dict[str, An
     steps_seconds = sum(r.get("train/seconds", 0.0) for r in _history(run_dir))
     result = {"variant": name, "seed": seed, "seconds": seconds, "train_seconds": steps_seconds}
     result.update({k: history[k] for k in METRICS if k in history})
-    result["cam_curve"] = history.get("cam_curve")
-    result["coverage_curve"] = history.get("coverage_curve")
+    for key in ("cam_curve", "coverage_curve", "agnostic_cam_curve", "agnostic_coverage_curve"):
+        result[key] = history.get(key)
     print(f"[ablation] {name} seed {seed}: " + " ".join(
-        f"{k}={result[k]:.3f}" for k in METRICS if k in result), flush=True)
+        f"{k}={result[k]:.3f}" for k in SCORES + ATTENTION if k in result), flush=True)
     return result
 
 
@@ -93,18 +98,22 @@ def summarise(results: list[dict[str, Any]], variants: list[str]) -> tuple[list[
     cam_time = [r["train_seconds"] for r in results if r["variant"] == "cam"]
     reference = statistics.mean(cam_time) if cam_time else math.nan
     rows = []
-    for name in variants:
+    # cam first: the plain classifier's maps and their class-agnostic row head every table
+    for name in sorted(variants, key=lambda v: v != "cam"):
         runs = [r for r in results if r["variant"] == name]
         if not runs:
             continue
         row: dict[str, Any] = {"variant": name, "seeds": len(runs)}
         for key in METRICS:
-            values = [r[key] for r in runs if key in r and r[key] is not None]
+            values = [r[key] for r in runs if key in r and r[key] is not None and not math.isnan(r[key])]
             if values:
                 row[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
         row["cost_vs_cam"] = statistics.mean(r["train_seconds"] for r in runs) / reference
         rows.append(row)
-    columns = ["variant", "seeds"] + [k for k in METRICS if any(k in r for r in rows)] + ["cost_vs_cam"]
+        agnostic = {k: row[f"agnostic_{k}"] for k in ATTENTION if f"agnostic_{k}" in row}
+        if agnostic:  # the same model's class-agnostic baseline, right under it
+            rows.append({"variant": f"{name} (class-agnostic)", "seeds": len(runs), **agnostic})
+    columns = ["variant", "seeds"] + [k for k in SCORES + ATTENTION if any(k in r for r in rows)] + ["cost_vs_cam"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = []

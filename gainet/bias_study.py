@@ -376,17 +376,18 @@ def run_bias_study(
     Returns ``{"runs", "summary", "target", "table", "output"}``.
     """
     from gainet.data import build_dataset
+    from gainet.data.factory import WORLDS
     from gainet.training.data import build_datasets
 
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     base = STUDY_CONFIG.replace(threads=threads, progress=progress, **overrides)
-    if base.dataset == "parts":
+    if base.dataset in ("parts", "garments"):
         raise ValueError("the bias study needs a dataset with a biased and a decorrelated test split (bias, voc or folder)")
     train_size = len(build_datasets(base.replace(method="cam"))[0])
     counts = parse_supervision(supervision, train_size)
     seed_list = list(range(first_seed, first_seed + seeds))
-    sized = {"num_images": test_images} if test_images and base.dataset in ("parts", "bias") else {}
+    sized = {"num_images": test_images} if test_images and base.dataset in WORLDS else {}
     test_sets = {
         split: build_dataset(base.dataset, split, root=base.data_root, image_size=base.image_size,
                              train_transforms=False, **base.dataset_options, **sized)

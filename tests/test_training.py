@@ -127,7 +127,15 @@ def test_cli_train_config_file_overrides_evaluate_and_explain(tmp_path: Path, ca
                  "--device", "cpu"]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert 0 <= metrics["splits"]["val"]["cam_miou"] <= 1
-    assert "| val |" in (tmp_path / "ev" / "metrics.md").read_text()
+    table = (tmp_path / "ev" / "metrics.md").read_text()
+    assert "| val |" in table and "| val (class-agnostic) |" in table and "part_coverage" in table
+    assert 0 <= metrics["splits"]["val"]["agnostic_cam_miou"] <= 1
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "cli" / "best.pt"), "--output", str(tmp_path / "ev5"),
+                 "--device", "cpu", "--attention-layer", "features.5"]) == 0  # another layer of the same weights
+    other = json.loads((tmp_path / "ev5" / "metrics.json").read_text())
+    assert metrics["attention_layer"] == "features" and other["attention_layer"] == "features.5"
+    assert other["splits"]["val"]["mAP"] == metrics["splits"]["val"]["mAP"]
+    assert other["splits"]["val"]["cam_miou"] != metrics["splits"]["val"]["cam_miou"]
 
     images = tmp_path / "images"
     images.mkdir()
@@ -175,4 +183,8 @@ def test_demo_writes_report_with_every_method(tmp_path: Path) -> None:
     for method in ("cam", "gain", "gain-ext", "gain-adv"):
         assert f"<td>{method}</td>" in html
     assert (tmp_path / "demo" / "overlays.png").is_file() and (tmp_path / "demo" / "curves.png").is_file()
-    assert [r["method"] for r in result["rows"]] == ["cam", "gain", "gain-ext", "gain-adv"]
+    methods = ["cam", "gain", "gain-ext", "gain-adv"]
+    assert [r["method"] for r in result["rows"]] == [m + s for m in methods for s in ("", " (class-agnostic)")]
+    for method in methods:  # the class-agnostic baseline row of each method is in the report
+        assert f"<td>{method} (class-agnostic)</td>" in html
+    assert "wrong_class_coverage" in html and "body_coverage" in html

@@ -117,6 +117,10 @@ def find_attention_layer(model: nn.Module, probe_size: int = 224) -> str:
     not a pooling, dropout or identity layer; then climbs to the outermost ancestor that returns
     that very tensor (``layer4`` rather than ``layer4.1.relu`` in a ResNet; ``features.29`` in a
     VGG16, whose container ends with a max-pool).
+
+    A module that runs more than once per forward pass (one activation object shared by several
+    places, as EfficientNet's ``_swish`` is by its stem and its head) is never chosen: a hook on
+    it would fire at every use, so its "output" would be whichever use came last.
     """
     records: list[tuple[str, nn.Module, Tensor]] = []
     handles = []
@@ -136,8 +140,13 @@ def find_attention_layer(model: nn.Module, probe_size: int = 224) -> str:
         for handle in handles:
             handle.remove()
 
+    calls: dict[str, int] = {}
+    for name, _module, _output in records:
+        calls[name] = calls.get(name, 0) + 1
     leaf_index = None
-    for index, (_name, module, output) in enumerate(records):
+    for index, (name, module, output) in enumerate(records):
+        if calls[name] > 1:  # shared module: its hook fires at several places
+            continue
         is_leaf = next(module.children(), None) is None
         spatial = output.shape[-1] * output.shape[-2] > 1
         if is_leaf and spatial and not _is_pooling(module) and not isinstance(module, _NON_FEATURE_TYPES):

@@ -8,6 +8,7 @@ from .errors import DataError
 from .factory import DATASET_NAMES, build_dataset, dataset_splits
 from .files import FileDataset, Record
 from .folder import FolderDataset, load_folder
+from .garments import GarmentsBiasWorld, GarmentsWorld
 from .sample import SAMPLE_KEYS, check_sample
 from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, JointTransform, build_transform
 from .voc import VOC_CLASSES, VOCDataset
@@ -19,6 +20,8 @@ __all__ = [
     "DataError",
     "FileDataset",
     "FolderDataset",
+    "GarmentsBiasWorld",
+    "GarmentsWorld",
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

@@ -84,3 +84,25 @@ def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3) from float in [0, 1] (clipped)."""
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def clutter_background(rng: np.random.Generator, grid_yx: tuple[np.ndarray, np.ndarray], clutter: tuple[int, int]) -> np.ndarray:
+    """float32 (S, S, 3): grey level U(0.3, 0.7) with smooth noise and a small colour tint, plus
+    ``clutter`` = (lo, hi) rectangles and thin lines of random low-saturation colours: a background
+    that carries no class information."""
+    yy, xx = grid_yx
+    size = yy.shape[0]
+    grey = rng.uniform(0.3, 0.7) + 0.12 * smooth_noise(rng, size, 6)
+    image = np.repeat(grey[:, :, None], 3, axis=2) + rng.normal(0.0, 0.04, size=3).astype(np.float32)
+    for _ in range(rng.integers(clutter[0], clutter[1] + 1)):
+        color = hsv(rng.uniform(), rng.uniform(0.0, 0.3), rng.uniform(0.2, 0.9))
+        if rng.uniform() < 0.5:  # rectangle
+            h, w = rng.uniform(0.05, 0.3, size=2) * size
+            y0, x0 = rng.uniform(0, size - h), rng.uniform(0, size - w)
+            region = (yy >= y0) & (yy < y0 + h) & (xx >= x0) & (xx < x0 + w)
+        else:  # line, 1-2 px thick
+            angle, offset = rng.uniform(0, np.pi), rng.uniform(0, size)
+            dist = np.abs((xx - size / 2) * np.sin(angle) - (yy - size / 2) * np.cos(angle) - (offset - size / 2))
+            region = dist <= rng.uniform(0.5, 1.2)
+        image[region] = color
+    return image

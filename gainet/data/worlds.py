@@ -257,22 +257,7 @@ class PartsWorld(World):
         return drawing.hsv((label + 0.5) / self.num_classes, 1.0, 1.0)
 
     def _background(self, rng: np.random.Generator) -> np.ndarray:
-        size = self.image_size
-        yy, xx = self._grid
-        grey = rng.uniform(0.3, 0.7) + 0.12 * drawing.smooth_noise(rng, size, 6)
-        image = np.repeat(grey[:, :, None], 3, axis=2) + rng.normal(0.0, 0.04, size=3).astype(np.float32)
-        for _ in range(rng.integers(self.clutter[0], self.clutter[1] + 1)):
-            color = drawing.hsv(rng.uniform(), rng.uniform(0.0, 0.3), rng.uniform(0.2, 0.9))
-            if rng.uniform() < 0.5:  # rectangle
-                h, w = rng.uniform(0.05, 0.3, size=2) * size
-                y0, x0 = rng.uniform(0, size - h), rng.uniform(0, size - w)
-                region = (yy >= y0) & (yy < y0 + h) & (xx >= x0) & (xx < x0 + w)
-            else:  # line, 1-2 px thick
-                angle, offset = rng.uniform(0, np.pi), rng.uniform(0, size)
-                dist = np.abs((xx - size / 2) * np.sin(angle) - (yy - size / 2) * np.cos(angle) - (offset - size / 2))
-                region = dist <= rng.uniform(0.5, 1.2)
-            image[region] = color
-        return image
+        return drawing.clutter_background(rng, self._grid, self.clutter)
 
     def render(self, split: str, index: int) -> Rendered:
         rng = self._rng(split, index)

@@ -8,6 +8,8 @@ from gainet.evaluation.classification import ClassificationMeter
 from gainet.evaluation.localization import (
     AttentionSweep,
     CoverageMeter,
+    RegionCoverageMeter,
+    class_agnostic_maps,
     default_thresholds,
     energy_in_boxes,
     pair_masks,
@@ -30,6 +32,8 @@ __all__ = [
     "ClassificationMeter",
     "ConfusionMatrix",
     "CoverageMeter",
+    "RegionCoverageMeter",
+    "class_agnostic_maps",
     "confusion_matrix",
     "default_thresholds",
     "denormalise",

@@ -1,19 +1,36 @@
-"""One pass over a labelled loader: classification metrics and attention localisation of a GAIN model."""
+"""One pass over a labelled loader: classification metrics and attention localisation of a GAIN model,
+with the class-sensitive checks that tell class evidence from object blobs."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
-from gainet.core import GAIN
+from gainet.core import GAIN, label_pairs
 from gainet.evaluation.classification import ClassificationMeter
-from gainet.evaluation.localization import AttentionSweep, CoverageMeter
+from gainet.evaluation.localization import AttentionSweep, CoverageMeter, RegionCoverageMeter, class_agnostic_maps
 from gainet.progress import progress_bar
 
 IGNORE_INDEX = 255
 SKIP_EXAMPLES = 5  # skipped files named in the results (all are counted)
+# Prefix of the class-agnostic baseline's metrics (the mean of all class maps of the same model).
+AGNOSTIC = "agnostic_"
+AGNOSTIC_LABEL = "class-agnostic"
+# Localisation metrics that both the class maps and the class-agnostic baseline get.
+SHARED_ATTENTION_METRICS = ("cam_miou", "cam_threshold", "coverage", "precision", "attention_iou", "pointing",
+                            "box_energy", "part_coverage", "body_coverage", "wrong_class_coverage")
+
+
+def _part_masks(dataset: Any, indices: Sequence[int]) -> torch.Tensor | None:
+    """``(B, C, H, W)`` part masks of a dataset that has them (the ``parts`` world) in the samples'
+    geometry, else ``None`` (random train transforms move pixels the masks cannot follow)."""
+    lookup = getattr(dataset, "part_masks", None)
+    transform = getattr(dataset, "transform", None)
+    if not callable(lookup) or getattr(transform, "train", True):
+        return None
+    return torch.stack([lookup(int(i)) for i in indices])
 
 
 def check_same_classes(model: Sequence[str], data: Sequence[str], where: str) -> None:
@@ -45,6 +62,7 @@ def evaluate_gain(
     max_batches: int | None = None,
     progress: bool = False,
     desc: str = "evaluate",
+    class_sensitive: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``gain`` (in eval mode; its mode is restored) on ``loader``'s samples.
 
@@ -52,6 +70,17 @@ def evaluate_gain(
     images that have them (``has_masks``): ``cam_miou`` is the best mIoU over background
     thresholds (``cam_threshold``, ``cam_curve``: the whole sweep), ``coverage`` / ``precision`` /
     ``attention_iou`` / ``pointing`` at threshold 0.5, ``box_energy`` where boxes exist.
+
+    With ``class_sensitive`` (default) the maps of *all* classes are computed, and:
+
+    - ``agnostic_<metric>``: the same metrics for the class-agnostic baseline, the mean of all
+      class maps of the image (:func:`class_agnostic_maps`) used as every class's map: what a
+      map that marks "an object" without telling which scores;
+    - ``wrong_class_coverage``: share of the image's object pixels (every class) above 0.5 in the
+      maps of the classes *absent* from the image (low is right: a map of class evidence has
+      nothing to find there; an object blob covers them as well as the right class's map);
+    - ``part_coverage`` / ``body_coverage`` (datasets with ``part_masks``, the ``parts`` world):
+      coverage at 0.5 of the class's discriminative part and of its object minus the part.
 
     Returns:
         flat metrics: ``mAP`` (multi-label; on a dataset with ``ap_definition == "voc"`` also
@@ -70,8 +99,9 @@ def evaluate_gain(
     # that one too (mAP_voc), beside the torchmetrics mAP that model selection uses everywhere.
     voc_ap = getattr(dataset, "ap_definition", None) == "voc"
     classification = ClassificationMeter(num_classes, multi_label, voc_ap=voc_ap)
-    sweep = AttentionSweep(num_classes)
-    coverage = CoverageMeter(threshold=0.5)
+    sweeps = {"": AttentionSweep(num_classes), AGNOSTIC: AttentionSweep(num_classes)}
+    coverages = {"": CoverageMeter(threshold=0.5), AGNOSTIC: CoverageMeter(threshold=0.5)}
+    regions = RegionCoverageMeter(threshold=0.5)
     seen_masks = images_seen = 0
     try:
         for step, batch in enumerate(progress_bar(loader, desc=desc, leave=False, enabled=progress, dynamic_ncols=True)):
@@ -79,27 +109,50 @@ def evaluate_gain(
                 break
             images = batch["image"].to(device)
             labels = batch["labels"]
-            scores, pairs, maps = gain.label_attention(images, labels.to(device))
-            pairs, maps = pairs.cpu(), maps.cpu()
+            batch_size, height, width = images.shape[0], images.shape[-2], images.shape[-1]
+            if class_sensitive:
+                # Every class's map in one pass: pairs come ordered by image, then class.
+                scores, _, all_maps = gain.label_attention(images, torch.ones_like(labels).to(device))
+                dense = all_maps.cpu().reshape(batch_size, num_classes, height, width)
+                pairs = label_pairs(labels)
+                maps = dense[pairs[:, 0], pairs[:, 1]]
+            else:
+                scores, pairs, maps = gain.label_attention(images, labels.to(device))
+                pairs, maps = pairs.cpu(), maps.cpu()
+                dense = torch.zeros(batch_size, num_classes, height, width)
+                dense[pairs[:, 0], pairs[:, 1]] = maps
             classification.update(scores.float().cpu(), labels)
-            images_seen += images.shape[0]
+            images_seen += batch_size
             has_masks = batch["has_masks"].bool()
             if not bool(has_masks.any()):
                 continue
-            batch_size, height, width = images.shape[0], images.shape[-2], images.shape[-1]
-            dense = torch.zeros(batch_size, num_classes, height, width)
-            dense[pairs[:, 0], pairs[:, 1]] = maps
-            sweep.update(dense[has_masks], labels[has_masks], batch["segmentation"][has_masks])
             seen_masks += int(has_masks.sum())
             keep = has_masks[pairs[:, 0]]
             b, c = pairs[keep, 0], pairs[keep, 1]
+            segmentation = batch["segmentation"]
+            valid = segmentation != IGNORE_INDEX
+            has_boxes = batch["has_boxes"].bool()[b]
             # Box energy per map, over the images that have boxes (an empty box mask is not counted),
             # so that one image without boxes does not drop the rest of its batch.
-            has_boxes = batch["has_boxes"].bool()[b]
             box_masks = batch["box_masks"][b, c] * has_boxes.view(-1, 1, 1).to(batch["box_masks"].dtype)
-            coverage.update(
-                maps[keep], batch["masks"][b, c], valid=batch["segmentation"][b] != IGNORE_INDEX, box_masks=box_masks
-            )
+            views = {"": (dense, maps[keep])}
+            if class_sensitive:
+                agnostic = class_agnostic_maps(dense)
+                views[AGNOSTIC] = (agnostic[:, None].expand(-1, num_classes, -1, -1), agnostic[b])
+            parts = _part_masks(dataset, batch["index"]) if class_sensitive else None
+            for prefix, (image_maps, pair_maps) in views.items():
+                sweeps[prefix].update(image_maps[has_masks], labels[has_masks], segmentation[has_masks])
+                coverages[prefix].update(pair_maps, batch["masks"][b, c], valid=valid[b], box_masks=box_masks)
+                if parts is not None:
+                    part = parts[b, c]
+                    regions.update(prefix + "part_coverage", pair_maps, part, valid[b])
+                    regions.update(prefix + "body_coverage", pair_maps, batch["masks"][b, c] * (1 - part), valid[b])
+            if class_sensitive:
+                absent = torch.nonzero((labels == 0) & has_masks[:, None])
+                objects = ((segmentation > 0) & valid).float()[absent[:, 0]]
+                wrong = dense[absent[:, 0], absent[:, 1]]
+                regions.update("wrong_class_coverage", wrong, objects, valid[absent[:, 0]])
+                regions.update(AGNOSTIC + "wrong_class_coverage", agnostic[absent[:, 0]], objects, valid[absent[:, 0]])
     finally:
         gain.train(was_training)
     metrics: dict[str, Any] = dict(classification.compute())
@@ -111,14 +164,36 @@ def evaluate_gain(
     metrics["skipped"] = len(skipped)
     if skipped:
         metrics["skipped_files"] = [f"{file}: {reason}" for file, reason in skipped[:SKIP_EXAMPLES]]
-    if seen_masks:
-        swept = sweep.compute()
-        metrics["cam_miou"] = float(swept["best_miou"])
-        metrics["cam_threshold"] = float(swept["best_threshold"])
-        metrics["cam_curve"] = [[float(t), float(m)] for t, m in swept["curve"]]
-        located = coverage.compute()
+    if not seen_masks:
+        return metrics
+    for prefix in sweeps if class_sensitive else ("",):
+        swept = sweeps[prefix].compute()
+        metrics[prefix + "cam_miou"] = float(swept["best_miou"])
+        metrics[prefix + "cam_threshold"] = float(swept["best_threshold"])
+        metrics[prefix + "cam_curve"] = [[float(t), float(m)] for t, m in swept["curve"]]
+        located = coverages[prefix].compute()
         for key in ("coverage", "precision", "iou", "pointing", "box_energy"):
             if key in located and located[key] is not None:
-                metrics["attention_iou" if key == "iou" else key] = float(located[key])
-        metrics["coverage_curve"] = located["curve"]
+                metrics[prefix + ("attention_iou" if key == "iou" else key)] = float(located[key])
+        metrics[prefix + "coverage_curve"] = located["curve"]
+    metrics.update(regions.compute())
     return metrics
+
+
+def agnostic_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The class-agnostic baseline's metrics of an :func:`evaluate_gain` result under the plain
+    names (``agnostic_cam_miou`` -> ``cam_miou``), for a table row beside the model's own;
+    empty when the result has none."""
+    return {key[len(AGNOSTIC):]: value for key, value in metrics.items() if key.startswith(AGNOSTIC)}
+
+
+def with_agnostic_rows(rows: Sequence[Mapping[str, Any]], label: str) -> list[dict[str, Any]]:
+    """Each row followed by its class-agnostic baseline row (``<label> (class-agnostic)`` in column
+    ``label``), where the row carries ``agnostic_*`` metrics; the ``agnostic_*`` keys are dropped."""
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        out.append({k: v for k, v in row.items() if not k.startswith(AGNOSTIC)})
+        baseline = agnostic_metrics(row)
+        if baseline:
+            out.append({label: f"{row.get(label, '')} ({AGNOSTIC_LABEL})", **baseline})
+    return out

@@ -407,3 +407,72 @@ class CoverageMeter:
             num_box_maps=self._box_maps,
         )
         return result
+
+
+# --------------------------------------------------------------------------------------------
+# Class sensitivity: what object blobs alone would score
+# --------------------------------------------------------------------------------------------
+
+
+def class_agnostic_maps(maps: Tensor) -> Tensor:
+    """The class-agnostic baseline of a model's attention, ``(B, H, W)`` in [0, 1].
+
+    The mean of all ``C`` class maps of each image (``maps`` ``(B, C, H, W)``, each in [0, 1]),
+    min-max normalised again per image so that thresholds mean the same as for a class map (an
+    all-constant mean becomes zero). A map that merely marks "some object" scores as well as
+    this one; a class map counts as class evidence only where it beats it.
+    """
+    if maps.dim() != 4:
+        raise ValueError(f"maps must be (B, C, H, W), got {tuple(maps.shape)}")
+    _check_no_nan("maps", maps)
+    mean = maps.float().mean(dim=1)
+    flat = mean.flatten(1)
+    low = flat.min(dim=1).values[:, None, None]
+    high = flat.max(dim=1).values[:, None, None]
+    span = high - low
+    return torch.where(span > 0, (mean - low) / span.clamp_min(1e-12), torch.zeros_like(mean))
+
+
+class RegionCoverageMeter:
+    """Share of a region's pixels where attention exceeds a threshold, pooled over batches, for
+    any number of named regions.
+
+    ``update(name, maps, regions, valid)`` adds ``|M & R & V|`` and ``|R & V|`` to the counts of
+    ``name`` (``M = maps > threshold``, compared in float32 as :class:`CoverageMeter` does);
+    :meth:`compute` returns ``{name: hits / pixels}`` (NaN for a region never seen). Used for the
+    part / body-minus-part coverage of the ``parts`` world and for the wrong-class maps' overlap
+    with the objects.
+    """
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = float(_as_thresholds([threshold])[0])
+        self._thresholds = _as_thresholds([self.threshold])
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every batch."""
+        self._hits: dict[str, int] = {}
+        self._pixels: dict[str, int] = {}
+
+    def update(self, name: str, maps: Tensor, regions: Tensor, valid: Tensor | None = None) -> None:
+        """Add a batch for region ``name``.
+
+        Args:
+            maps: ``(P, H, W)`` attention maps in [0, 1].
+            regions: ``(P, H, W)`` in {0, 1}, the region each map is scored on.
+            valid: ``(P, H, W)`` bool, pixels to count (default all).
+        """
+        maps = maps.detach()
+        regions = regions.detach().to(maps.device) > 0
+        valid = None if valid is None else valid.detach().to(maps.device).bool()
+        _check_pair_shapes(maps, regions=regions, valid=valid)
+        _check_no_nan("maps", maps)
+        if valid is not None:
+            regions = regions & valid
+        above = _num_thresholds_below(maps, self._thresholds) > 0
+        self._hits[name] = self._hits.get(name, 0) + int((above & regions).sum())
+        self._pixels[name] = self._pixels.get(name, 0) + int(regions.sum())
+
+    def compute(self) -> dict[str, float]:
+        """``{name: share of the region's pixels above the threshold}``."""
+        return {name: _ratio(self._hits[name], self._pixels[name]) for name in self._hits}

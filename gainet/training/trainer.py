@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from gainet.core import GAIN, AdversarialGAIN
 from gainet.data.errors import skip_summary
 from gainet.evaluation.evaluate import evaluate_gain
-from gainet.models import build_classifier
+from gainet.models import attention_layer_name, build_classifier
 from gainet.progress import progress_bar
 from gainet.training.checkpoint import (
     load_checkpoint,
@@ -68,9 +68,10 @@ def build_gain(config: TrainConfig, num_classes: int, multi_label: bool) -> GAIN
         omega_e=config.omega_e, am_gradient=config.am_gradient, erased_batchnorm=config.erased_batchnorm,
         weights_grad=config.weights_grad, probe_size=config.image_size,
     )
+    layer = attention_layer_name(config.model, config.attention_layer)  # "stride16" -> its module
     if config.method in ADVERSARIAL_METHODS:
-        return AdversarialGAIN(model, config.attention_layer, area_weight=config.area_weight, **options)
-    return GAIN(model, config.attention_layer, **options)
+        return AdversarialGAIN(model, layer, area_weight=config.area_weight, **options)
+    return GAIN(model, layer, **options)
 
 
 def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:

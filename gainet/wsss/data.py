@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from gainet.data import build_dataset
+from gainet.data.factory import WORLDS
 from gainet.data.files import FileDataset
 from gainet.data.readers import read_index_mask
 from gainet.data.transforms import IGNORE_INDEX
@@ -35,7 +36,7 @@ from gainet.data.worlds import World
 
 META_FILE = "meta.json"
 FORMAT = 1
-GENERATED_WORLDS = ("parts", "bias")
+GENERATED_WORLDS = tuple(WORLDS)
 
 
 # ----------------------------------------------------------------------------- data specs
