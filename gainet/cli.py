@@ -68,8 +68,26 @@ def add_config_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...]
         group.add_argument(flag, **kwargs)
 
 
+def recorded_config(args: argparse.Namespace) -> Path | None:
+    """The ``config.yaml`` of the run that ``--resume`` continues, when no ``--config`` is given:
+    a resume then keeps the run's recorded settings and the command line changes only what it names
+    (``gainet train --output-dir runs/x --resume auto --epochs 20``)."""
+    resume = getattr(args, "resume", None)
+    if not resume or getattr(args, "config", None):
+        return None
+    if resume == "auto":
+        output_dir = Path(getattr(args, "output_dir", None) or TrainConfig().output_dir)
+        if not (output_dir / "last.pt").is_file():
+            return None
+        recorded = output_dir / "config.yaml"
+    else:
+        recorded = Path(resume).parent / "config.yaml"
+    return recorded if recorded.is_file() else None
+
+
 def config_from_args(args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> TrainConfig:
-    values: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
+    source = getattr(args, "config", None) or recorded_config(args)
+    values: dict[str, Any] = load_yaml(source) if source else {}
     names = {f.name for f in dataclasses.fields(TrainConfig)} - set(exclude)
     values.update({k: v for k, v in vars(args).items() if k in names})
     return TrainConfig.from_dict(values)

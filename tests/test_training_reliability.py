@@ -503,3 +503,18 @@ def test_resume_repairs_a_run_left_stale_by_an_older_version(tmp_path: Path, mon
     train(config.replace(resume="auto"))
     assert load_checkpoint(run / "best.pt")["epoch"] == 2
     assert json.loads((run / "final.json").read_text())["val"]["mAP"] == expected_final["val"]["mAP"]
+
+
+def test_resume_from_the_command_line_keeps_the_recorded_settings(trained: Path, tmp_path: Path, capsys) -> None:
+    # The run's settings (tiny images, width 8, ...) are not repeated: --resume reads its config.yaml,
+    # and the command line changes only what it names.
+    run = _copy(trained, tmp_path)
+    assert main(["train", "--output-dir", str(run), "--resume", "auto", "--epochs", "2", "--no-progress"]) == 0
+    state = load_checkpoint(run / "last.pt")
+    assert state["epoch"] == 2 and state["config"]["epochs"] == 2
+    assert state["config"]["model_width"] == TINY["model_width"] and state["config"]["image_size"] == TINY["image_size"]
+    # A named setting that differs from the checkpoint's is still refused in one line.
+    capsys.readouterr()
+    assert main(["train", "--output-dir", str(run), "--resume", "auto", "--epochs", "3", "--model-width", "4",
+                 "--no-progress"]) == 2
+    assert "model_width=8 (asked 4)" in capsys.readouterr().err
