@@ -198,8 +198,12 @@ class GAIN(nn.Module):
             return batchnorm_in_eval_mode(network)
         return batchnorm_with_batch_stats_only(network)
 
-    def _erased_scores(self, erased: Tensor, class_index: Tensor) -> Tensor:
-        """S_am: bounded score of each pair's class on its erased image ``(P,)``."""
+    def _erased_scores(self, erased: Tensor, class_index: Tensor, images: Tensor) -> Tensor:
+        """S_am: bounded score of each pair's class on its erased image ``(P,)``.
+
+        ``images`` ``(B, 3, H, W)``, the clean batch, is unused here (the shared network meets the
+        erased images as their own batch, ``erased_batchnorm``); the adversarial variant scores
+        the erased images together with the clean ones."""
         with self.erased_batchnorm_context(self.backbone.model):
             if self.am_gradient == "attention":
                 scores, _ = call_with_constant_parameters(self.backbone, erased)
@@ -258,7 +262,7 @@ class GAIN(nn.Module):
         loss_am, loss_e, erased_scores, erased = zero, zero, None, None
         if use_mining:
             erased = erase(images, soft_mask(attention, self.sigma, self.omega), image_index)
-            erased_scores = self._erased_scores(erased, class_index)
+            erased_scores = self._erased_scores(erased, class_index, images)
             loss_am = attention_mining_loss(erased_scores, image_index, images.shape[0])
         if use_masks:
             targets = masks[image_index, class_index].to(attention.dtype)
