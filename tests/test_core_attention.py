@@ -189,3 +189,75 @@ def test_optional_backbones(name: str) -> None:
     output = gain(torch.randn(2, 3, 64, 64), torch.tensor([[1.0, 1, 0, 0], [0, 0, 0, 1]]))
     assert output.attention.shape == (3, 64, 64)
     output.loss.backward()
+
+
+def _float64_gradcam(features: torch.Tensor, weights: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Eq. 2 + resize + min-max normalisation in float64, from ``features`` ``(P, K, h, w)`` and
+    ``weights`` ``(P, K)``: the reference for the maps computed under mixed precision."""
+    cam = torch.relu((weights.double()[:, :, None, None] * features.double()).sum(dim=1))
+    cam = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    low = cam.flatten(1).min(dim=1).values[:, None, None]
+    high = cam.flatten(1).max(dim=1).values[:, None, None]
+    return (cam - low) / (high - low + 1e-12)
+
+
+@pytest.mark.parametrize(("name", "layer"), [("resnet18", "layer4"), ("vgg11", "features.19")])
+def test_explain_under_bf16_autocast_computes_the_maps_in_fp32(name: str, layer: str) -> None:
+    model = _model(name)
+    gain = GAIN(model, layer, probe_size=64)
+    torch.manual_seed(2)
+    images = torch.randn(3, 3, 64, 64)
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(_m, _i, output: torch.Tensor) -> None:  # the bf16 features and their gradient
+        store["f"] = output.detach()
+        if output.requires_grad:
+            output.register_hook(lambda grad: store.__setitem__("g", grad.detach()))
+
+    handle = model.get_submodule(layer).register_forward_hook(keep)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores, maps = gain.explain(images, classes=[1, 4, 0])
+    handle.remove()
+    assert store["f"].dtype == torch.bfloat16 and maps.dtype == torch.float32  # autocast was on
+    if gain.backbone.linear_head is not None:  # closed form W_c / (h*w)
+        weights = gain.backbone.linear_head.weight.detach().double()[[1, 4, 0]] / (store["f"].shape[-2] * store["f"].shape[-1])
+    else:  # one class per image: one backward, whose gradient the tensor hook saw
+        weights = store["g"].double().mean(dim=(2, 3))
+    expected = _float64_gradcam(store["f"], weights, (64, 64))
+    torch.testing.assert_close(maps.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_training_forward_under_bf16_autocast_computes_the_maps_in_fp32() -> None:
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 4).train()
+    gain = GAIN(model, "layer4", probe_size=64)
+    assert gain.backbone.linear_head is not None
+    images = torch.randn(2, 3, 64, 64)
+    labels = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1]])
+    features: list[torch.Tensor] = []
+    handle = model.layer4.register_forward_hook(lambda _m, _i, output: features.append(output.detach()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = gain(images, labels)
+    handle.remove()
+    clean = features[0]  # the S_cl pass (then the erased pass)
+    assert clean.dtype == torch.bfloat16 and output.attention.dtype == torch.float32
+    pairs = output.pairs
+    weights = model.fc.weight.detach().double()[pairs[:, 1]] / (clean.shape[-2] * clean.shape[-1])
+    expected = _float64_gradcam(clean[pairs[:, 0]], weights, (64, 64))
+    torch.testing.assert_close(output.attention.detach().double(), expected, atol=1e-5, rtol=0)
+    output.loss.backward()  # the fp32 maps stay part of the mixed-precision graph
+    assert model.layer4[0].conv1.weight.grad is not None
+
+
+def test_all_zero_map_stays_zero_under_bf16_autocast() -> None:
+    # Features exact in bf16, (1.5, 1.4921875, 1.5) times 2^k per pixel, and float32 weights
+    # (1, 1, -1.996): the exact sum is -0.0018 * 2^k < 0 at every pixel, so the fp32 map is all
+    # zero. A bf16 weighted sum rounds -1.996 to -1.9921875 and gets +0.0039 * 2^k: a full-range map.
+    scale = 2.0 ** torch.arange(4.0).repeat(2)[:, None].expand(8, 8)  # 1, 2, 4, 8 by row
+    features = (torch.tensor([1.5, 1.4921875, 1.5])[:, None, None] * scale)[None].bfloat16()  # (1, 3, 8, 8)
+    weights = torch.tensor([[1.0, 1.0, -1.996]])
+    exact = (weights.double()[:, :, None, None] * features.double()).sum(dim=1)
+    assert (exact < 0).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = attention_maps(features, weights, torch.tensor([0]), (16, 16))
+    assert maps.dtype == torch.float32 and torch.equal(maps, torch.zeros(1, 16, 16))
