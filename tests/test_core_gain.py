@@ -14,6 +14,7 @@ from gainet.core import (
     boxes_to_masks,
     class_scores,
     classification_loss,
+    empty_target_pairs,
     erase,
     external_supervision_loss,
     soft_mask,
@@ -52,9 +53,9 @@ def test_attention_mining_loss_is_mean_over_labels_then_images() -> None:
 
 def test_external_supervision_loss_by_hand() -> None:
     attention = torch.tensor([[[1.0, 0.0]], [[0.5, 0.5]], [[0.0, 1.0]]])  # (P=3, 1, 2)
-    masks = torch.tensor([[[1.0, 1.0]], [[0.0, 1.0]], [[0.0, 0.0]]])
+    masks = torch.tensor([[[1.0, 1.0]], [[0.0, 1.0]], [[1.0, 0.0]]])
     image_index = torch.tensor([0, 0, 1])
-    per_pair = [(0 + 1) / 2, (0.25 + 0.25) / 2, (0 + 1) / 2]
+    per_pair = [(0 + 1) / 2, (0.25 + 0.25) / 2, (1 + 1) / 2]
     both = torch.tensor([True, True])
     expected = ((per_pair[0] + per_pair[1]) / 2 + per_pair[2]) / 2
     torch.testing.assert_close(external_supervision_loss(attention, masks, image_index, both), torch.tensor(expected))
@@ -65,6 +66,60 @@ def test_external_supervision_loss_by_hand() -> None:
     )
     none = external_supervision_loss(attention, masks, image_index, torch.tensor([False, False]))
     assert none.item() == 0.0
+
+
+def test_external_supervision_loss_ignores_255_pixels_and_skips_empty_targets() -> None:
+    attention = torch.tensor(
+        [[[1.0, 0.2, 0.6]], [[0.5, 0.5, 0.5]], [[0.0, 1.0, 0.3]], [[0.4, 0.1, 0.9]], [[0.7, 0.7, 0.7]]],
+        dtype=torch.float64,
+    )  # (P=5, 1, 3)
+    masks = torch.tensor(
+        [[[1.0, 255, 0]], [[0.0, 0, 0]], [[255, 1.0, 1]], [[255, 255, 0.0]], [[255, 255, 255]]], dtype=torch.float64
+    )
+    image_index = torch.tensor([0, 0, 1, 1, 2])
+    # pair 0: valid pixels 0 and 2 -> (0^2 + 0.6^2) / 2; pair 2: valid pixels 1 and 2 -> (0^2 + 0.7^2) / 2;
+    # pairs 1, 3 and 4 have no positive valid pixel: skipped, and image 2 is left with no pair.
+    expected = ((0.0 + 0.36) / 2 + (0.0 + 0.49) / 2) / 2
+    supervised = torch.tensor([True, True, True])
+    loss = external_supervision_loss(attention, masks, image_index, supervised)
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, torch.tensor(expected, dtype=torch.float64), atol=1e-15, rtol=0)
+    assert empty_target_pairs(masks).tolist() == [False, True, False, True, True]
+    # with ignore_index=None the 255 pixels are ordinary (positive) pixels: nothing is empty but pair 1
+    assert empty_target_pairs(masks, ignore_index=None).tolist() == [False, True, False, False, False]
+    # only image 1 supervised
+    only_second = external_supervision_loss(attention, masks, image_index, torch.tensor([False, True, False]))
+    torch.testing.assert_close(only_second, torch.tensor(0.49 / 2, dtype=torch.float64), atol=1e-15, rtol=0)
+    # nothing left: zero, still differentiable
+    attention.requires_grad_(True)
+    none = external_supervision_loss(attention, masks, image_index, torch.tensor([False, False, True]))
+    assert none.item() == 0.0
+    none.backward()
+    assert torch.equal(attention.grad, torch.zeros_like(attention))
+
+
+def test_gain_counts_the_supervised_pairs_left_out_of_l_e() -> None:
+    gain, _ = _gain(alpha=0.0)
+    masks = (torch.rand(3, 4, 32, 32, generator=torch.Generator().manual_seed(0)) > 0.5).double()
+    masks[0, :, :4] = 255  # ignore band on image 0
+    masks[0, 2] = 0  # image 0, class 2: cropped away -> skipped
+    masks[2, 3, :, :] = 255  # image 2, class 3: ignore only -> skipped
+    masks[1, 1] = 0  # image 1, class 1: empty but image 1 is not supervised -> not counted
+    supervised = torch.tensor([True, False, True])
+    output = gain(IMAGES, LABELS, masks.float(), supervised)
+    assert output.skipped_e.item() == 2
+    # L_e by hand in float64 from the maps: pairs (0,0), (0,3), (2,0) remain
+    attention = output.attention.detach().double()
+    pairs = output.pairs.tolist()
+
+    def pair_error(b: int, c: int) -> float:
+        a = attention[pairs.index([b, c])]
+        valid = masks[b, c] != 255
+        return float(((a - masks[b, c]) ** 2)[valid].sum() / valid.sum())
+
+    expected = ((pair_error(0, 0) + pair_error(0, 3)) / 2 + pair_error(2, 0)) / 2
+    torch.testing.assert_close(output.loss_e.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert gain(IMAGES, LABELS).skipped_e.item() == 0  # no masks: nothing skipped
 
 
 def test_class_scores_sigmoid_for_multi_label_softmax_for_single_label() -> None:
