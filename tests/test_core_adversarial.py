@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import gainet.core.gain as gain_module
-from gainet.core import AdversarialGAIN, attention_mining_loss
+from gainet.core import AdversarialGAIN
 from gainet.models import build_classifier
 
 IMAGES = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
@@ -38,7 +38,11 @@ def test_am_pass_leaves_adversary_parameters_and_batchnorm_buffers_unchanged() -
     output = model(IMAGES, LABELS)
     assert all(g == 0.0 for g in _grad_norms(model.adversary.parameters(), output.loss_am))
     assert sum(_grad_norms(model.attention_parameters(), output.loss_am)) > 0
-    torch.testing.assert_close(output.loss_am, attention_mining_loss(output.erased_scores, output.pairs[:, 0], 3))
+    assert output.pairs[:, 0].tolist() == [0, 0, 1, 2, 2]
+    # Eq. 5 by hand: image 0 has 2 labels (pairs 0, 1), image 1 one (pair 2), image 2 two (pairs 3, 4)
+    s = output.erased_scores.detach().double().tolist()
+    expected = ((s[0] + s[1]) / 2 + s[2] + (s[3] + s[4]) / 2) / 3
+    torch.testing.assert_close(output.loss_am.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-7, rtol=0)
 
     buffers = {n: b.clone() for n, b in model.adversary.named_buffers()}
     parameters = {n: p.clone() for n, p in model.adversary.named_parameters()}
@@ -131,6 +135,12 @@ def test_adversary_is_scored_under_the_normalisation_it_is_trained_under(trainin
     # L_am by hand: mean over each image's labels, then over the images
     per_image = [expected[pairs[:, 0] == b].mean() for b in range(IMAGES.shape[0])]
     torch.testing.assert_close(output.loss_am.double(), torch.stack(per_image).mean(), atol=1e-6, rtol=0)
+    # the adversary's loss by hand: multi-label soft margin on every row, clean rows against their
+    # labels, erased rows against their image's full label set
+    targets = torch.cat([LABELS, LABELS[pairs[:, 0]]]).double()
+    log_sigmoid = lambda x: -torch.log1p(torch.exp(-x))  # noqa: E731
+    expected_adversary = -(targets * log_sigmoid(logits) + (1 - targets) * log_sigmoid(-logits)).mean()
+    torch.testing.assert_close(output.loss_adversary.double(), expected_adversary, atol=1e-6, rtol=0)
 
 
 def test_running_erased_batchnorm_is_refused_for_the_adversarial_variant() -> None:

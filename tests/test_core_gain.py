@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -179,8 +180,69 @@ def test_multi_label_image_with_n_labels_gives_n_erased_images() -> None:
     assert seen_batch_sizes == [3, 6]  # clean pass, then one batched erased pass with 6 images
     assert output.pairs.tolist() == [[0, 0], [0, 2], [0, 3], [1, 1], [2, 0], [2, 3]]
     assert output.attention.shape == (6, 32, 32) and output.erased_scores.shape == (6,)
-    expected_am = attention_mining_loss(output.erased_scores, output.pairs[:, 0], 3)
-    torch.testing.assert_close(output.loss, output.loss_cl + expected_am)
+
+
+def reference_gain_losses(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+    erased_batchnorm: str = "batch", weights_grad: bool = False, sigma: float = 0.5, omega: float = 10.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L_cl, L_am and the erased scores of METHOD.md written out for a small-cnn, one (image,
+    class) pair at a time: its own autograd call for w^c, Eq. 2, resize, min-max, Eq. 4, Eq. 3,
+    one forward over the erased batch (train-mode BatchNorm: that batch's statistics, or eval
+    mode: the running ones), sigmoid scores, Eq. 5. Run it in float64 on a copy of the model
+    taken before GAIN's forward (so that the running statistics match)."""
+    store: dict[str, torch.Tensor] = {}
+    handle = model.features.register_forward_hook(lambda _m, _i, output: store.__setitem__("f", output))
+    scores = model(images)
+    handle.remove()
+    features = store["f"]
+    y = labels.to(scores.dtype)
+    log_sigmoid = lambda x: -torch.log1p(torch.exp(-x))  # noqa: E731
+    loss_cl = -(y * log_sigmoid(scores) + (1 - y) * log_sigmoid(-scores)).mean()
+    erased, classes, owners = [], [], []
+    for b in range(images.shape[0]):
+        for c in torch.nonzero(labels[b]).flatten().tolist():
+            (gradient,) = torch.autograd.grad(scores[b, c], features, retain_graph=True, create_graph=weights_grad)
+            weights = gradient[b].mean(dim=(1, 2))
+            cam = torch.relu((weights[:, None, None] * features[b]).sum(dim=0))
+            cam = torch.nn.functional.interpolate(cam[None, None], size=images.shape[-2:], mode="bilinear",
+                                                  align_corners=False)[0, 0]
+            cam = (cam - cam.min()) / (cam.max() - cam.min() + 1e-12)
+            mask = 1 / (1 + torch.exp(-omega * (cam - sigma)))
+            erased.append(images[b] - mask * images[b])
+            classes.append(c)
+            owners.append(b)
+    was_training = model.training
+    model.train(was_training and erased_batchnorm == "batch")
+    erased_logits = model(torch.stack(erased))
+    model.train(was_training)
+    erased_scores = 1 / (1 + torch.exp(-erased_logits[torch.arange(len(classes)), classes]))
+    per_image = []
+    for b in sorted(set(owners)):
+        mine = [p for p, owner in enumerate(owners) if owner == b]
+        per_image.append(sum(erased_scores[p] for p in mine) / len(mine))
+    return loss_cl, sum(per_image) / len(per_image), erased_scores
+
+
+def _float64_pair(**options) -> tuple[GAIN, torch.nn.Module, torch.nn.Module]:
+    """GAIN around a small-cnn, and an independent copy of the model, both in float64."""
+    gain, model = _gain(**options)
+    model.double()
+    reference = copy.deepcopy(model)
+    reference.features._forward_hooks.clear()  # GAIN's hook stays on GAIN's model
+    return gain, model, reference
+
+
+@pytest.mark.parametrize("erased_batchnorm", ["batch", "running"])
+def test_losses_equal_an_independent_float64_computation(erased_batchnorm: str) -> None:
+    gain, _, reference = _float64_pair(erased_batchnorm=erased_batchnorm)
+    output = gain(IMAGES.double(), LABELS)
+    loss_cl, loss_am, erased_scores = reference_gain_losses(
+        reference, IMAGES.double(), LABELS, erased_batchnorm=erased_batchnorm)
+    torch.testing.assert_close(output.erased_scores, erased_scores, atol=1e-10, rtol=0)
+    torch.testing.assert_close(output.loss_cl, loss_cl, atol=1e-10, rtol=0)
+    torch.testing.assert_close(output.loss_am, loss_am, atol=1e-10, rtol=0)
+    torch.testing.assert_close(output.loss, loss_cl + loss_am, atol=1e-10, rtol=0)
 
 
 def _grads(gain: GAIN, model: torch.nn.Module, loss_name: str = "loss_am") -> dict[str, torch.Tensor]:
@@ -226,12 +288,36 @@ def test_erased_forward_moves_no_batchnorm_statistic(erased_batchnorm: str) -> N
     assert all(m.training for m in model.modules())
 
 
-def test_erased_batchnorm_modes_normalise_differently() -> None:
+def test_erased_batchnorm_modes_normalise_with_the_stated_statistics() -> None:
+    # Erased scores by hand from GAIN's own erased images: batch statistics of the erased batch
+    # (biased variance), or the running statistics after the clean pass moved them once.
     scores = {}
     for mode in ("batch", "running"):
-        gain, _ = _gain(erased_batchnorm=mode)
-        scores[mode] = gain(IMAGES, LABELS).erased_scores.detach()
-    assert not torch.allclose(scores["batch"], scores["running"])
+        gain, model, reference = _float64_pair(erased_batchnorm=mode)
+        output = gain(IMAGES.double(), LABELS)
+        reference(IMAGES.double())  # the clean pass moves the reference's running statistics once
+        reference.train(mode == "batch")
+        with torch.no_grad():
+            logits = reference(output.erased.detach())
+        rows = torch.arange(output.pairs.shape[0])
+        expected = 1 / (1 + torch.exp(-logits[rows, output.pairs[:, 1]]))
+        torch.testing.assert_close(output.erased_scores.detach(), expected, atol=1e-10, rtol=0)
+        scores[mode] = expected
+    assert (scores["batch"] - scores["running"]).abs().max() > 1e-3  # the probe tells the modes apart
+
+
+@pytest.mark.parametrize("weights_grad", [False, True])
+def test_weights_grad_gradient_equals_an_independent_float64_computation(weights_grad: bool) -> None:
+    gain, model, reference = _float64_pair(weights_grad=weights_grad, fast_path=False)
+    gain(IMAGES.double(), LABELS).loss_am.backward()
+    _, loss_am, _ = reference_gain_losses(reference, IMAGES.double(), LABELS, weights_grad=weights_grad)
+    loss_am.backward()
+    for (name, parameter), expected in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(parameter.grad, expected.grad, atol=1e-10, rtol=1e-8, msg=name)
+    if weights_grad:  # the second-order term is there: without it the head's gradient differs
+        gain0, model0, _ = _float64_pair(weights_grad=False, fast_path=False)
+        gain0(IMAGES.double(), LABELS).loss_am.backward()
+        assert (model.fc.weight.grad - model0.fc.weight.grad).abs().max() > 1e-6
 
 
 def test_external_supervision_only_on_supervised_images() -> None:
