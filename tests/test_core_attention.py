@@ -212,7 +212,7 @@ def test_explain_under_bf16_autocast_computes_the_maps_in_fp32(name: str, layer:
     else:  # one class per image: one backward, whose gradient the tensor hook saw
         weights = store["g"].double().mean(dim=(2, 3))
     expected = _float64_gradcam(store["f"], weights, (64, 64))
-    torch.testing.assert_close(maps.double(), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(maps.double(), expected, atol=5e-5, rtol=0)  # bf16 matmul: ~1e-2 off
 
 
 def test_training_forward_under_bf16_autocast_computes_the_maps_in_fp32() -> None:
@@ -232,7 +232,7 @@ def test_training_forward_under_bf16_autocast_computes_the_maps_in_fp32() -> Non
     pairs = output.pairs
     weights = model.fc.weight.detach().double()[pairs[:, 1]] / (clean.shape[-2] * clean.shape[-1])
     expected = _float64_gradcam(clean[pairs[:, 0]], weights, (64, 64))
-    torch.testing.assert_close(output.attention.detach().double(), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(output.attention.detach().double(), expected, atol=5e-5, rtol=0)
     output.loss.backward()  # the fp32 maps stay part of the mixed-precision graph
     assert model.layer4[0].conv1.weight.grad is not None
 
