@@ -20,6 +20,7 @@ from gainet.core.losses import (
     attention_mining_loss,
     class_scores,
     classification_loss,
+    empty_target_pairs,
     external_supervision_loss,
     gain_loss,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "boxes_to_masks",
     "class_scores",
     "classification_loss",
+    "empty_target_pairs",
     "erase",
     "external_supervision_loss",
     "find_attention_layer",

@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from gainet.core.backbone import call_with_constant_parameters
+from gainet.core.backbone import batchnorm_with_batch_stats_only, call_with_constant_parameters
 from gainet.core.gain import GAIN, GAINOutput
 from gainet.core.losses import class_scores, classification_loss
 
@@ -28,13 +28,23 @@ class AdversarialGAIN(GAIN):
           adversary's bounded score (sigmoid, or softmax probability for single-label) of class
           ``c`` on the erased image ``I*^c``. Its gradient reaches the attention network only
           through the soft mask: the adversary's parameters are constants in that pass, and its
-          BatchNorm running statistics do not move (``erased_batchnorm`` as in :class:`GAIN`).
+          BatchNorm running statistics do not move.
           ``L_area`` is the mean of the normalised attention maps, a regulariser against
           attention spreading into the background.
         - the adversary is trained (``loss_adversary``, to be minimised by its own optimiser)
           with its classification loss on the clean images and on the erased images, masks
           detached, against each image's *full* label set: it learns to find whatever evidence
           the mask left. During the warm-up (``mine=False``) it trains on clean images only.
+
+    BatchNorm: the adversary is scored under the normalisation it is trained under. In train
+    mode its training pass normalises the clean + erased batch ``(B + P)`` with that batch's
+    statistics (and moves the running ones); the L_am pass runs the *same* ``B + P`` images with
+    the same batch statistics (running buffers neither read nor written) and keeps the ``P``
+    erased rows, so the score L_am minimises is exactly the score the adversary is trained to
+    raise. Scoring the erased images as their own batch, or with running statistics gathered on
+    mixed batches, would train one function and attack another (issue 11.3). In eval mode both
+    passes use the running statistics. The attention network never sees an erased image, so
+    ``erased_batchnorm="running"`` has nothing to govern and is refused.
 
     The two losses touch disjoint parameters, so ``(out.loss + out.loss_adversary).backward()``
     fills both networks' gradients in one pass; step each optimiser on its own parameters.
@@ -46,7 +56,8 @@ class AdversarialGAIN(GAIN):
             before training (same architecture, same initial or pretrained weights).
         area_weight: weight of ``L_area`` (0 disables it).
         gain_options: the other :class:`GAIN` options. ``am_gradient`` does not apply (L_am
-            always reaches the attention network only through the mask).
+            always reaches the attention network only through the mask); ``erased_batchnorm``
+            must be ``"batch"`` (see BatchNorm above).
     """
 
     def __init__(
@@ -59,6 +70,11 @@ class AdversarialGAIN(GAIN):
         **gain_options,
     ) -> None:
         # Copy before GAIN registers its hook on the model, so the copy carries no hook.
+        if gain_options.get("erased_batchnorm", "batch") != "batch":
+            raise ValueError(
+                "erased_batchnorm must be 'batch' for the adversarial variant: the adversary is scored "
+                "with the batch statistics of the clean + erased batch it is trained on"
+            )
         adversary = copy.deepcopy(model) if adversary is None else adversary
         super().__init__(model, attention_layer, **gain_options)
         self.adversary = adversary
@@ -69,10 +85,18 @@ class AdversarialGAIN(GAIN):
         adversary = {id(p) for p in self.adversary.parameters()}
         return [p for p in self.parameters() if id(p) not in adversary]
 
-    def _erased_scores(self, erased: Tensor, class_index: Tensor) -> Tensor:
-        with self.erased_batchnorm_context(self.adversary):
-            scores = call_with_constant_parameters(self.adversary, erased)
-        return class_scores(scores, class_index, self.multi_label)
+    def adversary_batch(self, images: Tensor, erased: Tensor) -> Tensor:
+        """The ``(B + P, 3, H, W)`` batch the adversary trains on and is scored on: clean images
+        first, then the erased ones (one BatchNorm regime for both passes, see the class doc)."""
+        return torch.cat([images.detach(), erased])
+
+    def _erased_scores(self, erased: Tensor, class_index: Tensor, images: Tensor) -> Tensor:
+        # Same B + P batch as the training pass in forward(), so train-mode BatchNorm normalises
+        # with the same statistics; the running buffers stay untouched (only the training pass
+        # moves them), and eval mode reads them in both passes.
+        with batchnorm_with_batch_stats_only(self.adversary):
+            scores = call_with_constant_parameters(self.adversary, self.adversary_batch(images, erased))
+        return class_scores(scores[images.shape[0]:], class_index, self.multi_label)
 
     def forward(
         self,
@@ -94,7 +118,7 @@ class AdversarialGAIN(GAIN):
         adversary_targets = targets
         if output.erased is not None:
             # Masks detached: the adversary learns to read the erased images, not to move the masks.
-            adversary_inputs = torch.cat([images, output.erased.detach()])
+            adversary_inputs = self.adversary_batch(images, output.erased.detach())
             adversary_targets = torch.cat([targets, targets[output.pairs[:, 0]]])
         adversary_scores = self.adversary(adversary_inputs)
         output.loss_adversary = classification_loss(adversary_scores, adversary_targets, self.multi_label)

@@ -7,6 +7,8 @@ yields one pair per ground-truth label (:func:`label_pairs`), so an image with `
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -14,6 +16,21 @@ from torch import Tensor
 # Absolute epsilon: Grad-CAM maps of freshly initialised deep nets can be ~1e-8 in scale, so a
 # larger one (1e-7, as pytorch-grad-cam uses) would squash them; float32 keeps 1e-12 representable.
 NORMALISATION_EPS = 1e-12
+
+
+def full_precision(tensor: Tensor) -> Tensor:
+    """``tensor`` in at least float32: half and bfloat16 are upcast, float32/float64 kept."""
+    return tensor.float() if tensor.is_floating_point() and tensor.element_size() < 4 else tensor
+
+
+def autocast_off(device: torch.device) -> AbstractContextManager[None]:
+    """Mixed precision (``torch.autocast``) disabled for ``device``'s type within the block.
+
+    The map maths runs under it: under bf16 autocast the weighted sum ``sum_k w_k f_k`` would run
+    as a bf16 matmul, and its rounding (8-bit mantissa, over K channels of cancelling terms) moves
+    normalised maps by up to ~0.3 and can turn an all-zero map into a full-range one.
+    """
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def label_pairs(labels: Tensor) -> Tensor:
@@ -63,7 +80,8 @@ def gradcam_weights(scores: Tensor, features: Tensor, pairs: Tensor, *, create_g
             ``w`` (second order); ``False`` treats ``w`` as a constant, as Grad-CAM does.
 
     Returns:
-        ``(P, K)`` weights. The graph of ``scores`` is retained for the caller's own backward.
+        ``(P, K)`` weights in at least float32 (the spatial mean of half-precision gradients is
+        taken in float32). The graph of ``scores`` is retained for the caller's own backward.
     """
     if pairs.numel() == 0:
         return features.new_zeros(0, features.shape[1])
@@ -81,7 +99,8 @@ def gradcam_weights(scores: Tensor, features: Tensor, pairs: Tensor, *, create_g
         (gradients,) = torch.autograd.grad(
             scores, features, grad_outputs, retain_graph=True, create_graph=create_graph, is_grads_batched=True
         )
-    return gradients[slot, image_index].mean(dim=(-2, -1))
+    with autocast_off(features.device):
+        return full_precision(gradients[slot, image_index]).mean(dim=(-2, -1))
 
 
 def linear_head_weights(head_weight: Tensor, class_index: Tensor, feature_hw: tuple[int, int]) -> Tensor:
@@ -93,13 +112,14 @@ def linear_head_weights(head_weight: Tensor, class_index: Tensor, feature_hw: tu
 
 
 def normalise_maps(maps: Tensor, eps: float = NORMALISATION_EPS) -> Tensor:
-    """Per-map min-max normalisation of ``(P, H, W)`` to ``[0, 1]`` (computed in float32, so half
-    precision cannot underflow the epsilon); an all-zero map stays zero."""
-    maps = maps.float()
-    flat = maps.flatten(1)
-    low = flat.min(dim=1).values[:, None, None]
-    high = flat.max(dim=1).values[:, None, None]
-    return (maps - low) / (high - low + eps)
+    """Per-map min-max normalisation of ``(P, H, W)`` to ``[0, 1]`` (in at least float32 with
+    autocast off, so half precision cannot underflow the epsilon); an all-zero map stays zero."""
+    with autocast_off(maps.device):
+        maps = full_precision(maps)
+        flat = maps.flatten(1)
+        low = flat.min(dim=1).values[:, None, None]
+        high = flat.max(dim=1).values[:, None, None]
+        return (maps - low) / (high - low + eps)
 
 
 def attention_maps(
@@ -120,9 +140,15 @@ def attention_maps(
         normalise: min-max normalise each map to ``[0, 1]`` (after resizing, as METHOD.md states).
 
     Returns:
-        ``(P, H, W)`` maps, differentiable with respect to ``features`` (and ``weights``).
+        ``(P, H, W)`` maps in at least float32, differentiable with respect to ``features`` (and
+        ``weights``). The weighted sum, the resize and the normalisation run with autocast off on
+        upcast inputs (:func:`autocast_off`), so mixed-precision training gets the float32 maps of
+        its (half-precision) features.
     """
-    maps = F.relu(torch.einsum("pk,pkhw->phw", weights, features[image_index]))
-    if output_size is not None and tuple(output_size) != tuple(maps.shape[-2:]):
-        maps = F.interpolate(maps[:, None], size=tuple(output_size), mode="bilinear", align_corners=False)[:, 0]
-    return normalise_maps(maps) if normalise else maps
+    with autocast_off(features.device):
+        features, weights = full_precision(features), full_precision(weights)
+        dtype = torch.promote_types(features.dtype, weights.dtype)
+        maps = F.relu(torch.einsum("pk,pkhw->phw", weights.to(dtype), features[image_index].to(dtype)))
+        if output_size is not None and tuple(output_size) != tuple(maps.shape[-2:]):
+            maps = F.interpolate(maps[:, None], size=tuple(output_size), mode="bilinear", align_corners=False)[:, 0]
+        return normalise_maps(maps) if normalise else maps

@@ -20,6 +20,7 @@ from gainet.core.losses import (
     attention_mining_loss,
     class_scores,
     classification_loss,
+    empty_target_pairs,
     external_supervision_loss,
     gain_loss,
 )
@@ -45,6 +46,9 @@ class GAINOutput:
         loss_adversary: adversarial variant only: the adversary's own loss (see
             :class:`~gainet.core.adversarial.AdversarialGAIN`); ``None`` otherwise.
         loss_area: adversarial variant only: mean of the normalised maps (the regulariser).
+        skipped_e: ``()`` long tensor, pairs of supervised images left out of L_e because their
+            target mask is empty (no positive valid pixel, e.g. the object cropped away); zero
+            when L_e is off. Count it per step to log how much supervision was lost.
     """
 
     loss: Tensor
@@ -58,6 +62,11 @@ class GAINOutput:
     erased: Tensor | None = None
     loss_adversary: Tensor | None = None
     loss_area: Tensor | None = None
+    skipped_e: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.skipped_e is None:
+            self.skipped_e = torch.zeros((), dtype=torch.long, device=self.loss.device)
 
 
 class GAIN(nn.Module):
@@ -198,8 +207,12 @@ class GAIN(nn.Module):
             return batchnorm_in_eval_mode(network)
         return batchnorm_with_batch_stats_only(network)
 
-    def _erased_scores(self, erased: Tensor, class_index: Tensor) -> Tensor:
-        """S_am: bounded score of each pair's class on its erased image ``(P,)``."""
+    def _erased_scores(self, erased: Tensor, class_index: Tensor, images: Tensor) -> Tensor:
+        """S_am: bounded score of each pair's class on its erased image ``(P,)``.
+
+        ``images`` ``(B, 3, H, W)``, the clean batch, is unused here (the shared network meets the
+        erased images as their own batch, ``erased_batchnorm``); the adversarial variant scores
+        the erased images together with the clean ones."""
         with self.erased_batchnorm_context(self.backbone.model):
             if self.am_gradient == "attention":
                 scores, _ = call_with_constant_parameters(self.backbone, erased)
@@ -222,7 +235,9 @@ class GAIN(nn.Module):
             images: ``(B, 3, H, W)`` normalised images.
             labels: multi-hot ``(B, C)`` (single-label: one-hot, or indices ``(B,)``).
             masks: ``(B, C, H, W)`` per-class masks ``H^c`` in [0, 1] (pixel masks or boxes made
-                masks by :func:`~gainet.core.masking.boxes_to_masks`), read only where ``supervised``.
+                masks by :func:`~gainet.core.masking.boxes_to_masks`), read only where ``supervised``;
+                pixels equal to 255 (:data:`~gainet.core.losses.IGNORE_INDEX`, VOC's "ignore") are
+                left out of L_e, and so are labelled classes whose mask is empty (``skipped_e``).
             supervised: ``(B,)`` bool, images whose masks L_e may use; default: all when ``masks``
                 is given.
             mine: run attention mining (S_am). ``False`` during the classification-only warm-up.
@@ -256,15 +271,19 @@ class GAIN(nn.Module):
 
         attention = self.pair_attention(scores, features, pairs, tuple(images.shape[-2:]))
         loss_am, loss_e, erased_scores, erased = zero, zero, None, None
+        skipped_e = torch.zeros((), dtype=torch.long, device=images.device)
         if use_mining:
             erased = erase(images, soft_mask(attention, self.sigma, self.omega), image_index)
-            erased_scores = self._erased_scores(erased, class_index)
+            erased_scores = self._erased_scores(erased, class_index, images)
             loss_am = attention_mining_loss(erased_scores, image_index, images.shape[0])
         if use_masks:
             targets = masks[image_index, class_index].to(attention.dtype)
             loss_e = external_supervision_loss(attention, targets, image_index, supervised)
+            skipped_e = (empty_target_pairs(targets) & supervised[image_index]).sum()
         loss = gain_loss(
             loss_cl, loss_am if use_mining else zero, loss_e if use_masks else None,
             alpha=self.alpha, omega_e=self.omega_e,
         )
-        return GAINOutput(loss, loss_cl, loss_am, loss_e, scores, pairs, attention, erased_scores, erased)
+        return GAINOutput(
+            loss, loss_cl, loss_am, loss_e, scores, pairs, attention, erased_scores, erased, skipped_e=skipped_e
+        )

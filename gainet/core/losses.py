@@ -50,19 +50,61 @@ def attention_mining_loss(erased_scores: Tensor, image_index: Tensor, batch_size
     return mean_per_image(erased_scores, image_index, batch_size)
 
 
+# Target-mask value of pixels to leave out of L_e: PASCAL VOC's "ignore" label (object borders,
+# ambiguous regions), which the data loaders also use for padding.
+IGNORE_INDEX = 255
+
+
+def empty_target_pairs(target_masks: Tensor, ignore_index: int | None = IGNORE_INDEX) -> Tensor:
+    """``(P,)`` bool: pairs whose target mask has no positive valid pixel.
+
+    Such a mask (a labelled class cut out of the image by a random crop, or an image annotated
+    only with ignore pixels) carries no localisation, and an all-zero target would push the map of
+    a class that *is* in the image to zero: L_e leaves these pairs out.
+
+    Args:
+        target_masks: ``(P, H, W)`` masks in [0, 1], ``ignore_index`` at ignored pixels.
+        ignore_index: value of ignored pixels; ``None``: every pixel is valid.
+    """
+    positive = target_masks > 0
+    if ignore_index is not None:
+        positive = positive & (target_masks != ignore_index)
+    return ~positive.flatten(1).any(dim=1)
+
+
 def external_supervision_loss(
-    attention: Tensor, target_masks: Tensor, image_index: Tensor, supervised: Tensor
+    attention: Tensor,
+    target_masks: Tensor,
+    image_index: Tensor,
+    supervised: Tensor,
+    *,
+    ignore_index: int | None = IGNORE_INDEX,
 ) -> Tensor:
     """Eq. 7: ``L_e = (1/n) sum_c mean_pixels (A^c - H^c)^2`` on the images that carry supervision.
 
+    The pixel mean runs over the *valid* pixels of ``H^c`` only (those not equal to
+    ``ignore_index``); pairs whose target is empty (:func:`empty_target_pairs`) are left out, and
+    ``n`` counts the remaining pairs of the image. An image left with no pair contributes nothing;
+    zero when no image is left.
+
     Args:
         attention: ``(P, H, W)`` normalised maps.
-        target_masks: ``(P, H, W)`` masks ``H^c`` in [0, 1] of each pair's class.
+        target_masks: ``(P, H, W)`` masks ``H^c`` in [0, 1] of each pair's class, ``ignore_index``
+            at pixels to ignore.
         image_index: ``(P,)``.
         supervised: ``(B,)`` bool, which images carry a mask/box; the others contribute nothing.
+        ignore_index: value of ignored pixels; ``None``: every pixel is valid.
     """
-    per_pair = (attention - target_masks).pow(2).flatten(1).mean(dim=1)
-    return mean_per_image(per_pair, image_index, supervised.shape[0], keep=supervised)
+    if ignore_index is None:
+        valid = torch.ones_like(target_masks, dtype=torch.bool)
+    else:
+        valid = target_masks != ignore_index
+    targets = torch.where(valid, target_masks, torch.zeros_like(target_masks))
+    squared = torch.where(valid, (attention - targets).pow(2), torch.zeros_like(attention))
+    counts = valid.flatten(1).sum(dim=1)
+    per_pair = squared.flatten(1).sum(dim=1) / counts.clamp_min(1).to(squared.dtype)
+    kept = ~empty_target_pairs(target_masks, ignore_index)
+    return mean_per_image(per_pair[kept], image_index[kept], supervised.shape[0], keep=supervised)
 
 
 def gain_loss(

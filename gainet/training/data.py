@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
+from gainet.core.losses import IGNORE_INDEX
 from gainet.data import build_dataset
 from gainet.data.errors import skip_line, skip_summary
 from gainet.data.factory import WORLDS
@@ -40,7 +41,8 @@ def choose_supervised(dataset: Dataset, source: str, fraction: float, count: int
 
 
 class SupervisionView(Dataset):
-    """Adds ``supervised`` (bool) and ``target_masks`` ``(C, H, W)`` (masks or box masks) to samples."""
+    """Adds ``supervised`` (bool) and ``target_masks`` ``(C, H, W)`` (masks or box masks) to samples;
+    pixel masks carry 255 (:data:`~gainet.core.losses.IGNORE_INDEX`) where the segmentation does."""
 
     def __init__(self, dataset: Dataset, supervised: list[int], source: str) -> None:
         self.dataset = dataset
@@ -58,7 +60,10 @@ class SupervisionView(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = dict(self.dataset[index])
         sample["supervised"] = torch.tensor(index in self.supervised)
-        sample["target_masks"] = sample[self.key]
+        target = sample[self.key]
+        if self.key == "masks":  # ignore pixels (VOC's 255, padding) stay ignored by L_e, not background
+            target = target.masked_fill(sample["segmentation"][None] == IGNORE_INDEX, IGNORE_INDEX)
+        sample["target_masks"] = target
         return sample
 
 
