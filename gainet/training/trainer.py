@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gainet.core import GAIN, AdversarialGAIN
+from gainet.core import GAIN, AdversarialGAIN, empty_target_pairs
 from gainet.data.errors import skip_summary
 from gainet.evaluation.evaluate import evaluate_gain
 from gainet.models import attention_layer_name, build_classifier
@@ -319,6 +319,7 @@ class Trainer:
         sums: dict[str, float] = {}
         steps = 0
         supervised_steps = 0  # L_e is averaged over the steps that had a supervised image only
+        skipped_e = 0
         bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs} {config.method}", leave=False,
                    enabled=config.progress and self.context.is_main, dynamic_ncols=True)
         for batch in bar:
@@ -341,12 +342,13 @@ class Trainer:
                 )
             values = {"loss": loss.item(), "loss_cl": output.loss_cl.item(), "loss_am": output.loss_am.item(),
                       "loss_e": output.loss_e.item()}
+            skipped_e += int(output.skipped_e)  # supervised pairs with an empty mask (e.g. cropped away)
             if output.loss_adversary is not None:
                 values["loss_adversary"] = output.loss_adversary.item()
                 values["loss_area"] = output.loss_area.item()
             supervised_step = use_masks and supervised is not None and bool(supervised.any())
             if self.context.enabled and (mine or use_masks or self.adversarial):
-                total = total + self._global_batch_correction(output, supervised, values)
+                total = total + self._global_batch_correction(output, supervised, masks, values)
                 supervised_step = values.pop("supervised_anywhere") > 0
             optimizers = [o for o in (self.optimizer, self.adversary_optimizer) if o is not None]
             for optimizer in optimizers:
@@ -373,9 +375,12 @@ class Trainer:
             )
         means = {f"train/{k}": v / steps for k, v in sums.items() if k != "loss_e"}
         means["train/loss_e"] = sums.get("loss_e", 0.0) / supervised_steps if supervised_steps else 0.0
-        return self.context.mean(means, self.device)
+        means = self.context.mean(means, self.device)
+        if use_masks:  # a count over the epoch (this process's share under DDP), not a mean
+            means["train/skipped_e_pairs"] = skipped_e
+        return means
 
-    def _global_batch_correction(self, output: Any, supervised: torch.Tensor | None,
+    def _global_batch_correction(self, output: Any, supervised: torch.Tensor | None, masks: torch.Tensor | None,
                                  values: dict[str, float]) -> torch.Tensor:
         """DDP only: the term that turns this rank's loss into its share of the global-batch loss.
 
@@ -391,7 +396,12 @@ class Trainer:
         gain = self.gain
         images = torch.unique(output.pairs[:, 0])
         n_am = images.numel() if output.erased_scores is not None else 0
-        n_e = int(supervised[images].sum()) if supervised is not None and output.loss_e.requires_grad else 0
+        n_e = 0
+        if supervised is not None and masks is not None and output.loss_e.requires_grad:
+            # L_e's n: supervised images with at least one pair L_e kept (a non-empty target).
+            image_index, class_index = output.pairs[:, 0], output.pairs[:, 1]
+            kept = supervised[image_index] & ~empty_target_pairs(masks[image_index, class_index])
+            n_e = int(torch.unique(image_index[kept]).numel())
         n_maps = output.pairs.shape[0] if output.attention is not None else 0
         rows = output.scores.shape[0] + (output.pairs.shape[0] if output.erased is not None else 0)
         s_am, s_e, s_area, s_adv = self.context.global_mean_scales([n_am, n_e, n_maps, rows], self.device)
