@@ -80,6 +80,7 @@ TARGET_BIASED_DROP = 0.02  # guided runs: biased accuracy within 2 points of cam
 # Guided runs: share of each batch drawn from the supervised images, fixed before any guided run
 # (8 of 32: with 100 supervised images each is seen ~5 times per epoch).
 DEFAULT_SUPERVISED_SHARE = 0.25
+GUIDANCE_SETTINGS = ("guidance_weight", "swap_mask", "context_target")
 METRICS = ("biased_accuracy", "decorrelated_accuracy", "conflict_accuracy", "context_rate", "context_probability",
            "decorrelated_box_energy", "biased_box_energy")
 METRIC_LABELS = {
@@ -222,11 +223,14 @@ def evaluate_split(gain: Any, dataset: Any, device: torch.device, batch_size: in
 def _run_config(base: TrainConfig, run: dict[str, Any], seed: int, output_dir: Path,
                 train_split: str, unbiased_split: str, supervised_share: float | None = None) -> TrainConfig:
     guidance = run.get("guidance", "")
-    return base.replace(
+    config = base.replace(
         method=run["method"], seed=seed, train_split=unbiased_split if run["unbiased"] else train_split,
         supervised_count=run["supervised"], output_dir=str(output_dir / "runs" / f"seed{seed}" / run["run"]),
         guidance=guidance, supervised_share=supervised_share if guidance else None,
     )
+    if not guidance:  # settings of the guidance terms do not touch (or re-key) the other runs
+        config = config.replace(**{name: getattr(TrainConfig, name) for name in GUIDANCE_SETTINGS})
+    return config
 
 
 def train_and_evaluate(config: TrainConfig, test_sets: dict[str, Any],
