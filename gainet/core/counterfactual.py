@@ -34,6 +34,24 @@ def _box_sum(x: Tensor) -> Tensor:
     return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=True) * 9.0
 
 
+def _fill_region(filled: Tensor, known: Tensor, hole: Tensor, smoothing_steps: int) -> Tensor:
+    """Onion peel then Jacobi smoothing of ``filled`` ``(1, K, h, w)`` (zeros in the hole)."""
+    weight = known.clone()
+    # Each ring closes at least one pixel layer; h + w rings close any hole with a known pixel.
+    for _ in range(filled.shape[-2] + filled.shape[-1]):
+        count = _box_sum(weight)
+        newly = (weight == 0) & (count > 0)
+        if not bool(newly.any()):
+            break
+        filled = torch.where(newly, _box_sum(filled * weight) / count.clamp_min(1e-12), filled)
+        weight = torch.where(newly, torch.ones_like(weight), weight)
+    # Harmonic smoothing inside the hole: replicate padding keeps edge pixels' means unbiased.
+    for _ in range(smoothing_steps):
+        mean = F.avg_pool2d(F.pad(filled, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        filled = torch.where(hole > 0, mean, filled)
+    return filled
+
+
 def fill_from_context(
     images: Tensor,
     holes: Tensor,
@@ -69,19 +87,15 @@ def fill_from_context(
     known = 1.0 - hole
     ok = known.flatten(1).sum(1) > 0
     filled = images * known
-    weight = known.clone()
-    # Each ring closes at least one pixel layer; H + W rings close any hole with a known pixel.
-    for _ in range(images.shape[-2] + images.shape[-1]):
-        if bool((weight > 0).all()) or not bool(((weight == 0) & (_box_sum(weight) > 0)).any()):
-            break
-        total, count = _box_sum(filled * weight), _box_sum(weight)
-        newly = (weight == 0) & (count > 0)
-        filled = torch.where(newly, total / count.clamp_min(1e-12), filled)
-        weight = torch.where(newly, torch.ones_like(weight), weight)
-    # Harmonic smoothing inside the hole: replicate padding keeps edge pixels' means unbiased.
-    for _ in range(smoothing_steps):
-        mean = F.avg_pool2d(F.pad(filled, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-        filled = torch.where(hole > 0, mean, filled)
+    # Each image is filled on the crop around its hole (1 pixel of context on every side): the
+    # same result as on the whole image, since a step only reads a hole pixel's 3x3 neighbours.
+    for n in torch.nonzero(ok & (hole.flatten(1).sum(1) > 0)).flatten().tolist():
+        rows = torch.nonzero(hole[n, 0].amax(1) > 0).flatten()
+        cols = torch.nonzero(hole[n, 0].amax(0) > 0).flatten()
+        top, bottom = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, images.shape[-2])
+        left, right = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, images.shape[-1])
+        region = (slice(n, n + 1), slice(None), slice(top, bottom), slice(left, right))
+        filled[region] = _fill_region(filled[region], known[region], hole[region], smoothing_steps)
     if noise:
         residual = images - F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
         interior = (_box_sum(known) > 8.5).to(images.dtype)  # whole 3x3 neighbourhood known
