@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gainet.core.counterfactual import context_only, context_swap, dilate, masks_within_boxes, object_masks
+from gainet.core.counterfactual import Counterfactuals, context_only, context_swap, dilate, masks_within_boxes, object_masks
 from gainet.core.losses import classification_loss
 
 GUIDANCE_MODES = ("l_e", "context-swap", "context-only", "actdiff", "rrr", "upweight")
@@ -229,7 +229,13 @@ def guidance_losses(
 
     if any(m in COUNTERFACTUAL_MODES for m in modes) and bool(supervised.any()):
         plain = images.detach()
-        contexts = context_only(plain, masks, labels, supervised, generator=generator)
+        if any(m in modes for m in ("context-swap", "context-only", "actdiff")):
+            contexts = context_only(plain, masks, labels, supervised, generator=generator)
+        else:  # rrr alone needs no fill, only the images with a usable mask
+            usable = supervised & (object_masks(masks).flatten(1).sum(1) > 0)
+            index = usable.nonzero().flatten()
+            contexts = Counterfactuals(plain[:0], index, index, labels[:0],
+                                       {"empty_mask": int((supervised & ~usable).sum()), "no_context": 0})
         output.counts.update(contexts.counts)
         swaps = None
         if "context-swap" in modes or "actdiff" in modes:
