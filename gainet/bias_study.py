@@ -119,13 +119,13 @@ def parse_supervision(values: Sequence[str | int | float], train_size: int) -> l
 
 
 def study_runs(counts: Sequence[int], reference: bool = True, guidance: Sequence[str] = (),
-               guidance_method: str = "cam", gain_runs: bool = True) -> list[dict[str, Any]]:
+               guidance_method: str = "cam", gain_runs: bool = True, cam: bool = True) -> list[dict[str, Any]]:
     """The runs of one seed: ``{"run", "method", "supervised", "unbiased", "guidance"}``; N = 0 is
     ``gain``. Each ``guidance`` entry (modes joined by ``,`` or ``+``) gives one run per N > 0."""
     from gainet.core.guidance import parse_guidance
 
     runs = [{"run": "reference", "method": "cam", "supervised": None, "unbiased": True}] if reference else []
-    runs += [{"run": "cam", "method": "cam", "supervised": None, "unbiased": False}]
+    runs += [{"run": "cam", "method": "cam", "supervised": None, "unbiased": False}] if cam else []
     if gain_runs:
         runs += [{"run": "gain", "method": "gain", "supervised": None, "unbiased": False}]
         runs += [{"run": f"gain-ext-{n}", "method": "gain-ext", "supervised": n, "unbiased": False}
@@ -472,6 +472,7 @@ def run_bias_study(
     guidance_method: str = "cam",
     supervised_share: float | None = DEFAULT_SUPERVISED_SHARE,
     gain_runs: bool = True,
+    cam: bool = True,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train and evaluate every run for ``seeds`` seeds; write results.json, table.md and the plot.
@@ -506,7 +507,7 @@ def run_bias_study(
             base.dataset, context_split, root=base.data_root, image_size=base.image_size, train_transforms=False,
             **base.dataset_options, **sized)
     runs = study_runs(counts, reference=reference, guidance=guidance, guidance_method=guidance_method,
-                      gain_runs=gain_runs)
+                      gain_runs=gain_runs, cam=cam)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for seed in seed_list:

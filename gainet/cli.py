@@ -314,7 +314,7 @@ def cmd_bias_study(args: argparse.Namespace) -> int:
         train_split=args.train_split,
         unbiased_split=args.unbiased_split, biased_split=args.biased_split, decorrelated_split=args.decorrelated_split,
         context_split=args.context_split or None, guidance=args.guidance, guidance_method=args.guidance_method,
-        supervised_share=args.supervised_share, gain_runs=not args.no_gain,
+        supervised_share=args.supervised_share, gain_runs=not args.no_gain, cam=not args.no_cam,
         **overrides,
     )
     return 0
@@ -355,6 +355,8 @@ def add_bias_study_command(commands: Any) -> None:
     bias.add_argument("--supervised-share", type=float, default=0.25,
                       help="guided runs: share of each batch drawn from the supervised images (default 0.25)")
     bias.add_argument("--no-gain", action="store_true", help="skip the gain and gain-ext runs")
+    bias.add_argument("--no-cam", action="store_true",
+                      help="skip the cam run (e.g. a second process adding runs to a study; no target check)")
     bias.add_argument("--options", type=_parse_mapping, default=None, metavar="K=V,...",
                       help="other training options for every run, e.g. lr=0.001,am_gradient=attention")
     bias.add_argument("--threads", type=int, default=None, help="CPU threads")
