@@ -153,3 +153,13 @@ def test_guidance_settings_only_reach_guided_runs() -> None:
     guided = _run_config(base, {"run": "s", "method": "cam", "supervised": 5, "unbiased": False,
                                 "guidance": "context-swap"}, 0, Path("x"), "train", "train_unbiased", 0.25)
     assert (guided.swap_mask, guided.guidance_weight, guided.supervised_share) == ("attention", 3.0, 0.25)
+
+
+def test_study_runs_guided_names_and_optional_baselines() -> None:
+    from gainet.bias_study import study_runs
+
+    runs = study_runs([0, 100], reference=False, guidance=["context-swap,l_e"], gain_runs=False, cam=False)
+    assert [(r["run"], r["method"], r["supervised"], r["guidance"]) for r in runs] == [
+        ("context-swap+l_e-100", "cam", 100, "context-swap+l_e")]
+    names = [r["run"] for r in study_runs([100], guidance=["rrr"], guidance_method="gain")]
+    assert names == ["reference", "cam", "gain", "gain-ext-100", "gain+rrr-100"]
