@@ -353,6 +353,8 @@ def cmd_bias_study(args: argparse.Namespace) -> int:
         progress=not args.no_progress, test_images=args.test_images, reference=not args.no_reference,
         train_split=args.train_split,
         unbiased_split=args.unbiased_split, biased_split=args.biased_split, decorrelated_split=args.decorrelated_split,
+        context_split=args.context_split or None, guidance=args.guidance, guidance_method=args.guidance_method,
+        supervised_share=args.supervised_share, gain_runs=not args.no_gain, cam=not args.no_cam,
         **overrides,
     )
     return 0
@@ -383,6 +385,18 @@ def add_bias_study_command(commands: Any) -> None:
     bias.add_argument("--no-reference", action="store_true", help="skip the reference (no unbiased training split)")
     bias.add_argument("--biased-split", default="test_biased", help="test split with the training bias")
     bias.add_argument("--decorrelated-split", default="test_decorrelated", help="test split without it")
+    bias.add_argument("--context-split", default="test_context",
+                      help="context-only split (contexts without objects), used when the dataset has it; '' for none")
+    bias.add_argument("--guidance", nargs="+", default=[], metavar="MODES",
+                      help="guided runs, one per value and N > 0: modes as in `gainet train --guidance` (l_e, "
+                           "context-swap, context-only, actdiff, rrr, upweight), combined with ',' or '+'")
+    bias.add_argument("--guidance-method", default="cam", choices=["cam", "gain", "gain-ext"],
+                      help="method the guided runs add their modes to (default cam: L_cl only; gain adds L_am)")
+    bias.add_argument("--supervised-share", type=float, default=0.25,
+                      help="guided runs: share of each batch drawn from the supervised images (default 0.25)")
+    bias.add_argument("--no-gain", action="store_true", help="skip the gain and gain-ext runs")
+    bias.add_argument("--no-cam", action="store_true",
+                      help="skip the cam run (e.g. a second process adding runs to a study; no target check)")
     bias.add_argument("--options", type=_parse_mapping, default=None, metavar="K=V,...",
                       help="other training options for every run, e.g. lr=0.001,am_gradient=attention")
     bias.add_argument("--threads", type=int, default=None, help="CPU threads")

@@ -114,3 +114,52 @@ def test_bias_study_runs_on_a_folder_dataset_with_coco_or_voc_boxes(tmp_path: Pa
     assert 0.0 <= ext["decorrelated_box_energy"] <= 1.0 and ext["conflict_accuracy"] is None
     run = json.loads((output / "runs" / "seed0" / "gain-ext-4" / "result.json").read_text())
     assert run["config"]["dataset"] == "folder" and run["config"]["supervised_count"] == 4
+
+
+def test_bias_study_guided_runs_context_split_and_target(tmp_path: Path) -> None:
+    output = tmp_path / "guided"
+    args = ["bias-study", "--output", str(output), "--supervision", "5%", "--train-images", "32",
+            "--test-images", "16", "--image-size", "32", "--model-width", "8", "--epochs", "2",
+            "--options", "warmup_epochs=1,batch_size=16,val_images=16", "--threads", "1", "--no-progress",
+            "--guidance", "context-swap", "rrr,upweight", "--no-gain"]
+    assert main(args) == 0
+    results = json.loads((output / "results.json").read_text())
+    assert [r["run"] for r in results["runs"]] == ["reference", "cam", "context-swap-2", "rrr+upweight-2"]
+    config = json.loads((output / "runs" / "seed0" / "rrr+upweight-2" / "result.json").read_text())["config"]
+    assert config["guidance"] == "rrr+upweight" and config["supervised_share"] == 0.25
+    assert config["method"] == "cam" and config["supervised_count"] == 2
+    cam_config = json.loads((output / "runs" / "seed0" / "cam" / "result.json").read_text())["config"]
+    assert cam_config["guidance"] == "" and cam_config["supervised_share"] is None
+    for row in results["runs"]:  # the context-only split is scored for every run
+        assert 0.0 <= row["context_rate"] <= 1.0 and 0.0 < row["context_probability"] < 1.0
+    checks = {c["run"]: c for c in results["target"]["guided"]}
+    assert set(checks) == {"context-swap-2", "rrr+upweight-2"}
+    by_run = {r["run"]: r for r in results["runs"]}
+    check = checks["context-swap-2"]
+    assert check["biased_drop"] == pytest.approx(by_run["cam"]["biased_accuracy"] - by_run["context-swap-2"]["biased_accuracy"])
+    assert check["met"] == (check["ratio"] >= 0.9 and check["biased_drop"] <= 0.02)
+    table = (output / "table.md").read_text()
+    assert "context-swap N=2 (6%)" in table and "context only: share named as the context's class" in table
+    assert "Target, rrr+upweight-2" in table
+
+
+def test_guidance_settings_only_reach_guided_runs() -> None:
+    from gainet.bias_study import STUDY_CONFIG, _run_config
+
+    base = STUDY_CONFIG.replace(swap_mask="attention", guidance_weight=3.0)
+    cam = _run_config(base, {"run": "cam", "method": "cam", "supervised": None, "unbiased": False}, 0, Path("x"),
+                      "train", "train_unbiased", 0.25)
+    assert (cam.swap_mask, cam.guidance_weight, cam.guidance, cam.supervised_share) == ("mask", 1.0, "", None)
+    guided = _run_config(base, {"run": "s", "method": "cam", "supervised": 5, "unbiased": False,
+                                "guidance": "context-swap"}, 0, Path("x"), "train", "train_unbiased", 0.25)
+    assert (guided.swap_mask, guided.guidance_weight, guided.supervised_share) == ("attention", 3.0, 0.25)
+
+
+def test_study_runs_guided_names_and_optional_baselines() -> None:
+    from gainet.bias_study import study_runs
+
+    runs = study_runs([0, 100], reference=False, guidance=["context-swap,l_e"], gain_runs=False, cam=False)
+    assert [(r["run"], r["method"], r["supervised"], r["guidance"]) for r in runs] == [
+        ("context-swap+l_e-100", "cam", 100, "context-swap+l_e")]
+    names = [r["run"] for r in study_runs([100], guidance=["rrr"], guidance_method="gain")]
+    assert names == ["reference", "cam", "gain", "gain-ext-100", "gain+rrr-100"]

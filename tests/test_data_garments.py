@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from gainet.data import DataError, GarmentsBiasWorld, GarmentsWorld, build_dataset, check_sample
 from gainet.data.garments import read_idx

@@ -54,7 +54,21 @@ def test_bias_samples_follow_contract(split):
     for i in range(len(world)):
         sample = world[i]
         check_sample(sample, 4)
-        assert sample["labels"].sum() == 1
+        assert sample["labels"].sum() == (0 if split in BiasWorld.context_splits else 1)
+
+
+def test_bias_context_split_is_context_without_object():
+    world = BiasWorld("test_context", num_images=40, **FAST)
+    contexts = [world.context(i) for i in range(len(world))]
+    assert set(contexts) == {0, 1, 2, 3}  # uniform over the classes' contexts
+    for i in range(len(world)):
+        item, sample = world.rendered(i), world[i]
+        assert item.labels == () and item.boxes.shape == (0, 4) and not item.segmentation.any()
+        assert sample["labels"].sum() == 0 and sample["masks"].sum() == 0 and sample["box_masks"].sum() == 0
+        # No object drawn: every pixel is the context's hue, within noise (an object differs in
+        # brightness by 0.25-0.45, i.e. 64-115 grey levels).
+        image = item.image.astype(np.float64)
+        assert np.abs(image - np.median(image.reshape(-1, 3), axis=0)).max(axis=2).max() < 60
 
 
 def test_parts_labels_agree_with_masks_segmentation_boxes_and_parts():

@@ -15,7 +15,18 @@ from gainet.core.backbone import (
     find_attention_layer,
     preserved_batchnorm_stats,
 )
+from gainet.core.counterfactual import Counterfactuals, context_only, context_swap, fill_from_context, masks_within_boxes
 from gainet.core.gain import GAIN, GAINOutput
+from gainet.core.guidance import (
+    GUIDANCE_MODES,
+    GuidanceOutput,
+    activation_difference,
+    context_only_loss,
+    guidance_losses,
+    input_gradient_penalty,
+    parse_guidance,
+    supervised_classification_loss,
+)
 from gainet.core.losses import (
     attention_mining_loss,
     class_scores,
@@ -27,6 +38,19 @@ from gainet.core.losses import (
 from gainet.core.masking import boxes_to_masks, erase, soft_mask
 
 __all__ = [
+    "GUIDANCE_MODES",
+    "Counterfactuals",
+    "GuidanceOutput",
+    "activation_difference",
+    "context_only",
+    "context_only_loss",
+    "context_swap",
+    "fill_from_context",
+    "guidance_losses",
+    "input_gradient_penalty",
+    "masks_within_boxes",
+    "parse_guidance",
+    "supervised_classification_loss",
     "GAIN",
     "AdversarialGAIN",
     "GAINOutput",

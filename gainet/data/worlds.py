@@ -341,12 +341,18 @@ class BiasWorld(World):
     with probability ``bias_p``, otherwise it is one of the other K-1 contexts uniformly (so
     ``bias_p`` is exactly the expected match rate; ``bias_p = 1/K`` is unbiased). In
     ``test_decorrelated`` and ``train_unbiased`` the context is uniform over all K.
+    ``test_context`` holds contexts (uniform over all K) without any object: empty labels,
+    no box, an all-background segmentation.
     """
 
     name = "bias"
     splits = MappingProxyType(
-        {"train": 2000, "val": 300, "test_biased": 500, "test_decorrelated": 500, "train_unbiased": 2000}
+        {"train": 2000, "val": 300, "test_biased": 500, "test_decorrelated": 500, "train_unbiased": 2000,
+         "test_context": 500}
     )
+    # Context without any object (the paper's "water without boat"): no label, no box; scored by
+    # how often a model still names the context's class (docs/bias_study.md).
+    context_splits = ("test_context",)
     biased_splits = ("train", "val", "test_biased")
     multi_label = False
 
@@ -393,6 +399,13 @@ class BiasWorld(World):
         )
         shade = 1.0 + 0.15 * drawing.smooth_noise(rng, size, 4)
         image = shade[:, :, None] * color
+        if split in self.context_splits:
+            image += rng.normal(0.0, 0.03, size=image.shape).astype(np.float32)
+            return Rendered(
+                image=drawing.to_uint8(image), segmentation=np.zeros((size, size), dtype=np.uint8),
+                boxes=np.zeros((0, 4), dtype=np.float32), box_labels=np.zeros(0, dtype=np.int64), labels=(),
+                context=context,
+            )
         radius = rng.uniform(*self.object_size) * size
         cy, cx = rng.uniform(radius + 1, size - 2 - radius, size=2)
         mask = drawing.shape_mask(self.shapes[label], yy, xx, cy, cx, radius)

@@ -10,6 +10,7 @@ from typing import Any, Self
 
 import yaml
 
+from gainet.core.guidance import parse_guidance
 from gainet.options import check_options
 
 METHODS = ("cam", "gain", "gain-ext", "gain-adv", "gain-adv-ext")
@@ -58,6 +59,20 @@ class TrainConfig(DictConfig):
     supervision: str = config_field("masks", "gain-ext: what H^c is made of, pixel masks or boxes", choices=("masks", "boxes"))
     supervised_fraction: float = config_field(0.05, "gain-ext: share of training images whose masks/boxes L_e may see")
     supervised_count: int | None = config_field(None, "gain-ext: number of supervised images (overrides the fraction)")
+    guidance: str = config_field("", "what the supervised images' masks/boxes train, comma-separated (docs/bias_study.md): "
+                            "l_e (GAIN_ext's L_e), context-swap (object pasted on another image's context), "
+                            "context-only (object removed, target: no class), actdiff (activation invariance to "
+                            "the context), rrr (input-gradient penalty outside the object), upweight (the supervised "
+                            "images' L_cl again, masks unused: the baseline); combines with any method")
+    supervised_share: float | None = config_field(None, "share of each batch drawn from the supervised images (a sampler "
+                                                   "that guarantees it; default: plain shuffling)")
+    guidance_weight: float = config_field(1.0, "weight of each --guidance term other than l_e (which uses omega_e)")
+    swap_mask: str = config_field("mask", "what context-swap pastes: the mask or box (mask), or inside each box the "
+                             "model's attention >= half its in-box range (attention; after the warm-up)",
+                             choices=("mask", "attention"))
+    context_target: str = config_field("uniform", "single-label target of context-only images: uniform (KL to the "
+                                  "uniform distribution) or erased (penalty on the erased class's probability)",
+                                  choices=("uniform", "erased"))
     # GAIN hyperparameters (METHOD.md)
     sigma: float = config_field(0.5, "soft-mask threshold sigma (Eq. 4)")
     omega: float = config_field(10.0, "soft-mask sharpness omega (Eq. 4)")
@@ -156,6 +171,19 @@ class TrainConfig(DictConfig):
                              "--epochs)")
         if not 0.0 <= self.supervised_fraction <= 1.0:
             raise ValueError(f"supervised_fraction must be in [0, 1], got {self.supervised_fraction}")
+        parse_guidance(self.guidance)  # one-line error on an unknown mode
+        if self.supervised_share is not None and not 0.0 <= self.supervised_share <= 1.0:
+            raise ValueError(f"supervised_share must be in [0, 1], got {self.supervised_share}")
+
+    @property
+    def guidance_modes(self) -> tuple[str, ...]:
+        """The ``guidance`` modes, parsed."""
+        return parse_guidance(self.guidance)
+
+    @property
+    def uses_supervision(self) -> bool:
+        """Whether some images' masks/boxes are used (gain-ext's L_e or any guidance mode)."""
+        return self.method in SUPERVISED_METHODS or bool(self.guidance_modes)
 
 
 # (field, lower bound, bound excluded): numeric options outside their range are refused in one line.

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler, Sampler
 
 from gainet.core.losses import IGNORE_INDEX
 from gainet.data import build_dataset
 from gainet.data.errors import skip_line, skip_summary
 from gainet.data.factory import WORLDS
-from gainet.training.config import SUPERVISED_METHODS, TrainConfig
+from gainet.training.config import TrainConfig
 from gainet.training.distributed import DistributedContext
 
 logger = logging.getLogger(__name__)
@@ -94,11 +95,14 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
     if config.num_workers > 0 and callable(prerender):
         prerender()  # generated worlds: forked workers then share one in-memory cache
     supervised: list[int] = []
-    if config.method in SUPERVISED_METHODS:
+    if config.uses_supervision:
         supervised = choose_supervised(
             train, config.supervision, config.supervised_fraction, config.supervised_count, config.seed
         )
         logger.info("%s: %d of %d training images carry %s", config.method, len(supervised), len(train), config.supervision)
+        if not supervised:
+            logger.warning("%s: no training image carries %s: L_e and the guidance terms stay zero",
+                           config.method, config.supervision)
     return SupervisionView(train, supervised, config.supervision), val
 
 
@@ -119,6 +123,13 @@ def epoch_loader(
     process, other ranks draw independent augmentation.
     """
     world_size = context.world_size
+    supervised = sorted(getattr(dataset, "supervised", ()))
+    if config.supervised_share is not None and supervised:
+        batches = SupervisedShareBatchSampler(len(dataset), supervised, config.batch_size, config.supervised_share,
+                                              seed=config.seed, epoch=epoch, rank=context.rank, world_size=world_size)
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch + (context.rank << 40))
+        return DataLoader(dataset, batch_sampler=batches, num_workers=config.num_workers, generator=generator,
+                          pin_memory=pin_memory, persistent_workers=False)
     if config.batch_size % world_size:
         logger.warning("batch_size %d is not a multiple of the %d processes: each takes %d images, %d per step",
                        config.batch_size, world_size, max(1, config.batch_size // world_size),
@@ -132,6 +143,57 @@ def epoch_loader(
         dataset, batch_size=per_process, sampler=sampler, num_workers=config.num_workers,
         drop_last=True, generator=generator, pin_memory=pin_memory, persistent_workers=False,
     )
+
+
+class SupervisedShareBatchSampler(Sampler[list[int]]):
+    """Batches of which a fixed number of images comes from the supervised ones.
+
+    Each global batch of ``batch_size`` holds ``k = max(1, round(share * batch_size))``
+    supervised images (at most as many as there are) and ``batch_size - k`` others. Both pools are
+    walked through seeded permutations, restarting when exhausted, so over an epoch every
+    supervised image is seen about ``k * steps / len(supervised)`` times; the number of steps per
+    epoch is ``floor(len(dataset) / batch_size)`` as with plain shuffling. The order within a
+    batch is shuffled. Seeded by ``(seed, epoch)`` only; under DDP rank ``r`` takes positions
+    ``r, r + W, ...`` of each global batch.
+    """
+
+    def __init__(self, size: int, supervised: list[int], batch_size: int, share: float, *, seed: int, epoch: int,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.batch_size = size, batch_size
+        self.supervised = sorted(set(supervised))
+        chosen = set(self.supervised)
+        self.others = [i for i in range(size) if i not in chosen] or list(range(size))
+        wanted = max(1, round(share * batch_size)) if share > 0 and self.supervised else 0
+        self.per_batch = min(wanted, len(self.supervised), batch_size)
+        self.steps = size // batch_size
+        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+
+    def __len__(self) -> int:
+        return self.steps
+
+    @staticmethod
+    def _take(queue: deque[int], pool: list[int], count: int, generator: torch.Generator) -> list[int]:
+        """``count`` distinct images from the front of ``queue``, refilled with a fresh permutation
+        of ``pool`` when empty; an image already in this batch waits for the next one."""
+        taken: list[int] = []
+        deferred: list[int] = []
+        while len(taken) < min(count, len(pool)):
+            if not queue:
+                queue.extend(pool[i] for i in torch.randperm(len(pool), generator=generator).tolist())
+            item = queue.popleft()
+            (deferred if item in taken else taken).append(item)
+        queue.extendleft(reversed(deferred))
+        return taken
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 7_919 + 17)
+        supervised, others = deque(), deque()
+        per_rank = max(1, self.batch_size // self.world_size)
+        for _ in range(self.steps):
+            batch = self._take(supervised, self.supervised, self.per_batch, generator) if self.per_batch else []
+            batch += self._take(others, self.others, self.batch_size - len(batch), generator)
+            batch = [batch[i] for i in torch.randperm(len(batch), generator=generator).tolist()]
+            yield batch[self.rank::self.world_size][:per_rank]
 
 
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:

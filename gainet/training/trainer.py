@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gainet.core import GAIN, AdversarialGAIN, empty_target_pairs
+from gainet.core import GAIN, AdversarialGAIN, empty_target_pairs, guidance_losses
 from gainet.data.errors import skip_summary
 from gainet.evaluation.evaluate import evaluate_gain
 from gainet.models import attention_layer_name, build_classifier
@@ -314,7 +314,12 @@ class Trainer:
         torch.manual_seed(config.seed * 100_003 + epoch * 1_009 + self.context.rank)
         self.module.train()
         mine = config.method != "cam" and epoch >= config.warmup_epochs
-        use_masks = config.method in SUPERVISED_METHODS and epoch >= config.warmup_epochs
+        modes = config.guidance_modes
+        use_masks = (config.method in SUPERVISED_METHODS or "l_e" in modes) and epoch >= config.warmup_epochs
+        guided = [m for m in modes if m != "l_e"]
+        # Own seeded stream for swap partners and fill grain: resuming at an epoch boundary is exact.
+        guidance_generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch * 1_009 + self.context.rank + 7)
+        skipped: dict[str, float] = {}
         loader = epoch_loader(self.train_set, config, epoch, self.context, pin_memory=self.device.type == "cuda")
         sums: dict[str, float] = {}
         steps = 0
@@ -328,12 +333,19 @@ class Trainer:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = batch["labels"].to(self.device, non_blocking=True)
             masks = supervised = None
-            if use_masks:
+            if use_masks or guided:
                 masks = batch["target_masks"].to(self.device, non_blocking=True)
                 supervised = batch["supervised"].to(self.device, non_blocking=True)
             with self._autocast():
-                output = self.module(images, labels, masks, supervised, mine=mine)
-            loss = output.loss.float()
+                output = self.module(images, labels, masks if use_masks else None, supervised if use_masks else None,
+                                     mine=mine)
+                guidance = guidance_losses(
+                    self.gain, images, labels, masks, supervised, guided, scores=output.scores,
+                    weights={m: config.guidance_weight for m in guided},
+                    swap_mask=config.swap_mask if epoch >= config.warmup_epochs else "mask",
+                    context_target=config.context_target, generator=guidance_generator,
+                ) if guided else None
+            loss = output.loss.float() if guidance is None else output.loss.float() + guidance.loss.float()
             total = loss if output.loss_adversary is None else loss + output.loss_adversary.float()
             if not torch.isfinite(total):
                 raise FloatingPointError(
@@ -343,6 +355,10 @@ class Trainer:
             values = {"loss": loss.item(), "loss_cl": output.loss_cl.item(), "loss_am": output.loss_am.item(),
                       "loss_e": output.loss_e.item()}
             skipped_e += int(output.skipped_e)  # supervised pairs with an empty mask (e.g. cropped away)
+            if guidance is not None:
+                values.update({f"guide_{m.replace('-', '_')}": t.item() for m, t in guidance.terms.items()})
+                for key, count in guidance.counts.items():
+                    skipped[key] = skipped.get(key, 0.0) + count
             if output.loss_adversary is not None:
                 values["loss_adversary"] = output.loss_adversary.item()
                 values["loss_area"] = output.loss_area.item()
@@ -376,8 +392,15 @@ class Trainer:
         means = {f"train/{k}": v / steps for k, v in sums.items() if k != "loss_e"}
         means["train/loss_e"] = sums.get("loss_e", 0.0) / supervised_steps if supervised_steps else 0.0
         means = self.context.mean(means, self.device)
-        if use_masks:  # a count over the epoch (this process's share under DDP), not a mean
+        # Counts over the epoch (this process's share under DDP), not means: L_e's pairs left out for
+        # an empty mask, and the counterfactuals built / images skipped by guidance (empty mask, no
+        # context, no partner).
+        if use_masks:
             means["train/skipped_e_pairs"] = skipped_e
+        means.update({f"guidance/{k}": v for k, v in skipped.items()})
+        if any(skipped.get(k, 0) for k in ("empty_mask", "no_context", "no_partner")):
+            logger.info("epoch %d guidance skipped: %s", epoch + 1,
+                        ", ".join(f"{k}={int(skipped[k])}" for k in ("empty_mask", "no_context", "no_partner") if skipped.get(k)))
         return means
 
     def _global_batch_correction(self, output: Any, supervised: torch.Tensor | None, masks: torch.Tensor | None,
