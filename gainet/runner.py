@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 # Splits evaluated by default for datasets that have them (the bias world's two test sets).
 DEFAULT_TEST_SPLITS = {"bias": ["test_biased", "test_decorrelated"],
-                       "garments-bias": ["test_biased", "test_decorrelated", "test_context_only"]}
+                       "garments-bias": ["test_biased", "test_decorrelated"]}
 # Columns of the metrics table; each split's row is followed by its class-agnostic baseline row.
 METRIC_COLUMNS = ("mAP", "mAP_voc", "accuracy", "cam_miou", "cam_threshold", "coverage", "precision", "attention_iou", "pointing",
                   "box_energy", "part_coverage", "body_coverage", "wrong_class_coverage", "images")

@@ -280,14 +280,16 @@ class GarmentsBiasWorld(_GarmentWorld):
     context's, shaded by its photo. Context sampling as in the ``bias`` world: in ``train``,
     ``val`` and ``test_biased`` the context equals the class with probability ``bias_p``, else one
     of the other contexts uniformly; in ``train_unbiased`` and ``test_decorrelated`` it is uniform.
-    ``test_context_only``: the context of a uniformly drawn class and no garment at all; its label
-    is the class the context stands for, so accuracy there is the share of images a model
-    classifies by context alone (1/K for a model that ignores it); it has no masks or boxes.
+    ``test_context`` (as in the ``bias`` world): the context of a uniformly drawn class and no
+    garment at all, empty labels, no masks or boxes; ``context(i)`` is the class the context stands
+    for, and the bias study scores how often a model still names it.
     """
 
     name = "garments-bias"
     splits = MappingProxyType({"train": 2000, "val": 300, "test_biased": 500, "test_decorrelated": 500,
-                               "train_unbiased": 2000, "test_context_only": 500})
+                               "train_unbiased": 2000, "test_context": 500})
+    # Context without any object, scored like the bias world's (gainet.bias_study).
+    context_splits = ("test_context",)
     biased_splits = ("train", "val", "test_biased")
     multi_label = False
     default_classes = (0, 1, 7, 8)  # T-shirt/top, trouser, sneaker, bag
@@ -325,9 +327,9 @@ class GarmentsBiasWorld(_GarmentWorld):
         segmentation = np.zeros((size, size), dtype=np.uint8)
         boxes = np.zeros((0, 4), dtype=np.float32)
         box_labels = np.zeros(0, dtype=np.int64)
-        if split == "test_context_only":
-            label = context  # the class the context stands for
-        else:
+        labels: tuple[int, ...] = ()  # context split: no object, no label
+        if split not in self.context_splits:
+            labels = (label,)
             intensity, side = self._garment(rng, split, label)
             mask, canvas = self._place(rng, intensity, side)
             delta = rng.uniform(0.25, 0.45)
@@ -339,10 +341,10 @@ class GarmentsBiasWorld(_GarmentWorld):
             box_labels = np.asarray([label], dtype=np.int64)
         image += rng.normal(0.0, 0.03, size=image.shape).astype(np.float32)
         return Rendered(image=drawing.to_uint8(image), segmentation=segmentation, boxes=boxes,
-                        box_labels=box_labels, labels=(label,), context=context)
+                        box_labels=box_labels, labels=labels, context=context)
 
     def __getitem__(self, index: int) -> dict:
-        if self.split != "test_context_only":
+        if self.split not in self.context_splits:
             return super().__getitem__(index)
         index = self._check_index(index)
         item = self.rendered(index)
@@ -353,7 +355,7 @@ class GarmentsBiasWorld(_GarmentWorld):
     def has_masks_at(self, index: int) -> bool:
         """No masks on the context-only split (there is no object)."""
         self._check_index(index)
-        return self.split != "test_context_only"
+        return self.split not in self.context_splits
 
     def has_boxes_at(self, index: int) -> bool:
         """No boxes on the context-only split."""
