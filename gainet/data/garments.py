@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from . import drawing
 from .errors import DataError
 from .sample import build_sample, multi_hot
-from .worlds import Rendered, World
+from .worlds import Rendered, World, draw_context
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -303,13 +303,7 @@ class GarmentsBiasWorld(_GarmentWorld):
         super().__init__(split, garment_size=garment_size, **options)
 
     def _draw_context(self, rng: np.random.Generator, label: int, split: str) -> int:
-        k = self.num_classes
-        if split not in self.biased_splits:
-            return int(rng.integers(k))
-        if rng.uniform() < self.bias_p:
-            return label
-        other = int(rng.integers(k - 1))
-        return other + (other >= label)
+        return draw_context(rng, label, self.num_classes, self.bias_p if split in self.biased_splits else None)
 
     def render(self, split: str, index: int) -> Rendered:
         rng = self._rng(split, index)

@@ -329,6 +329,18 @@ class PartsWorld(World):
         return ((seg.unsqueeze(0) == ids) & parts.unsqueeze(0)).float()
 
 
+def draw_context(rng: np.random.Generator, label: int, num_classes: int, bias_p: float | None) -> int:
+    """The context class of an image of class ``label``: ``label`` with probability ``bias_p``,
+    otherwise one of the other ``num_classes - 1`` uniformly; uniform over all when ``bias_p`` is
+    ``None`` (the decorrelated and unbiased splits). Shared by the bias worlds."""
+    if bias_p is None:
+        return int(rng.integers(num_classes))
+    if rng.uniform() < bias_p:
+        return label
+    other = int(rng.integers(num_classes - 1))
+    return other + (other >= label)
+
+
 class BiasWorld(World):
     """Dataset-bias world: single-label; a class-specific shape on a background context.
 
@@ -379,13 +391,7 @@ class BiasWorld(World):
         super().__init__(split, **world_options)
 
     def _draw_context(self, rng: np.random.Generator, label: int, split: str) -> int:
-        k = self.num_classes
-        if split not in self.biased_splits:
-            return int(rng.integers(k))
-        if rng.uniform() < self.bias_p:
-            return label
-        other = int(rng.integers(k - 1))
-        return other + (other >= label)
+        return draw_context(rng, label, self.num_classes, self.bias_p if split in self.biased_splits else None)
 
     def render(self, split: str, index: int) -> Rendered:
         rng = self._rng(split, index)
