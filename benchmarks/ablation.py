@@ -89,9 +89,39 @@ def run_one(job: tuple[str, int, str, dict[str, Any], str, str]) -> dict[str, An
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:
-    import torch
+    from gainet.training.checkpoint import load_checkpoint
 
-    return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["history"]
+    return load_checkpoint(run_dir / "last.pt", map_location="cpu")["history"]
+
+
+CURVE_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
+
+
+def curve_table(results: list[dict[str, Any]], variants: list[str]) -> str:
+    """Coverage / precision / mIoU along the threshold sweep (mean over seeds), each variant's row
+    followed by its class-agnostic baseline's, from the curves every run stores."""
+    def at(curve: list[Any] | None, threshold: float) -> tuple[float, float, float] | None:
+        return None if not curve else next(
+            ((p["coverage"], p["precision"]) for p in curve if abs(p["threshold"] - threshold) < 1e-9), None)
+
+    lines = ["| variant | " + " | ".join(f"t = {t:g}" for t in CURVE_THRESHOLDS) + " |",
+             "|---|" + "---|" * len(CURVE_THRESHOLDS)]
+    for name in sorted(variants, key=lambda v: v != "cam"):
+        runs = [r for r in results if r["variant"] == name]
+        for prefix, label in (("", name), ("agnostic_", f"{name} (class-agnostic)")):
+            cells = []
+            for threshold in CURVE_THRESHOLDS:
+                points = [(at(r.get(prefix + "coverage_curve"), threshold),
+                           dict(map(tuple, r.get(prefix + "cam_curve") or [])).get(threshold)) for r in runs]
+                points = [(c, m) for c, m in points if c is not None and m is not None]
+                if not points:
+                    cells.append("")
+                    continue
+                cov, prec = (statistics.mean(c[i] for c, _ in points) for i in (0, 1))
+                cells.append(f"{cov:.2f} / {prec:.2f} / {statistics.mean(m for _, m in points):.3f}")
+            if any(cells):
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def summarise(results: list[dict[str, Any]], variants: list[str]) -> tuple[list[dict[str, Any]], str]:
@@ -158,9 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     _, table = summarise(results, args.variants)
     header = (f"world={args.world}, seeds={args.seeds}, split={args.val_split}, base: "
               + ", ".join(f"{k}={v}" for k, v in BASE.items() if k not in ("progress", "tensorboard", "threads")))
-    (output / "table.md").write_text(header + "\n\n" + table + "\n")
+    curves = ("Coverage / precision / mIoU along the threshold sweep (mean over seeds):\n\n"
+              + curve_table(results, args.variants))
+    (output / "table.md").write_text(header + "\n\n" + table + "\n\n" + curves + "\n")
     print(header)
     print(table)
+    print(curves)
     return 0
 
 
