@@ -7,6 +7,8 @@ for the demo's report). Prints a markdown table and writes it, with all per-seed
 
     python benchmarks/ablation.py --seeds 0 1 2 --workers 2
     python benchmarks/ablation.py --world bias --variants cam gain gain-adv --seeds 0 1 2
+    python benchmarks/ablation.py --world garments --variants cam gain-ext --base model=efficientnet-lite0 \
+        pretrained=imagenet image_size=128 lr=0.001 epochs=4      # another budget: BASE overridden
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 BASE = dict(
     image_size=64, train_images=1200, model="small-cnn", model_width=16, epochs=8, warmup_epochs=2,
@@ -61,8 +65,8 @@ ATTENTION = ("cam_miou", "cam_threshold", "coverage", "precision", "attention_io
 METRICS = SCORES + ATTENTION + tuple(f"agnostic_{k}" for k in ATTENTION)
 
 
-def run_one(job: tuple[str, int, str, dict[str, Any], str, str]) -> dict[str, Any]:
-    name, seed, world, overrides, output, val_split = job
+def run_one(job: tuple[str, int, str, dict[str, Any], str, str, dict[str, Any]]) -> dict[str, Any]:
+    name, seed, world, overrides, output, val_split, base = job
     import torch
 
     torch.set_num_threads(1)
@@ -70,7 +74,7 @@ def run_one(job: tuple[str, int, str, dict[str, Any], str, str]) -> dict[str, An
     from gainet.training.trainer import train
 
     run_dir = Path(output) / "runs" / name.replace("/", "_") / f"seed{seed}"
-    config = TrainConfig(**{**BASE, "dataset": world, **overrides, "seed": seed, "output_dir": str(run_dir),
+    config = TrainConfig(**{**base, "dataset": world, **overrides, "seed": seed, "output_dir": str(run_dir),
                             "val_split": val_split})
     if world == "bias":
         config = config.replace(supervision="boxes")
@@ -161,7 +165,11 @@ def summarise(results: list[dict[str, Any]], variants: list[str]) -> tuple[list[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--world", default="parts", choices=("parts", "bias"), help="built-in world")
+    parser.add_argument("--world", default="parts", choices=("parts", "bias", "garments"),
+                        help="built-in world (garments: Fashion-MNIST photos, docs/data.md)")
+    parser.add_argument("--base", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override the shared budget (BASE) for every variant, e.g. model=efficientnet-lite0 "
+                             "pretrained=imagenet image_size=128 lr=0.001 epochs=4 (values parsed as YAML)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"subset of: {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one CPU thread each)")
@@ -172,12 +180,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant {unknown[0]!r}")
+    base = dict(BASE)
+    for item in args.base:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--base takes KEY=VALUE, got {item!r}")
+        base[key] = yaml.safe_load(value)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     results_path = output / "results.json"
     done: list[dict[str, Any]] = json.loads(results_path.read_text()) if results_path.is_file() else []
     finished = {(r["variant"], r["seed"]) for r in done}
-    jobs = [(v, s, args.world, VARIANTS[v], str(output), args.val_split) for s in args.seeds for v in args.variants
+    jobs = [(v, s, args.world, VARIANTS[v], str(output), args.val_split, base) for s in args.seeds for v in args.variants
             if (v, s) not in finished]
     print(f"[ablation] {len(jobs)} runs to do ({len(finished)} already in {results_path})", flush=True)
     results = list(done)
@@ -187,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             results_path.write_text(json.dumps(results, indent=1))  # resumable: finished runs are kept
     _, table = summarise(results, args.variants)
     header = (f"world={args.world}, seeds={args.seeds}, split={args.val_split}, base: "
-              + ", ".join(f"{k}={v}" for k, v in BASE.items() if k not in ("progress", "tensorboard", "threads")))
+              + ", ".join(f"{k}={v}" for k, v in base.items() if k not in ("progress", "tensorboard", "threads")))
     curves = ("Coverage / precision / mIoU along the threshold sweep (mean over seeds):\n\n"
               + curve_table(results, args.variants))
     (output / "table.md").write_text(header + "\n\n" + table + "\n\n" + curves + "\n")
