@@ -104,7 +104,7 @@ CURVE_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
 def curve_table(results: list[dict[str, Any]], variants: list[str]) -> str:
     """Coverage / precision / mIoU along the threshold sweep (mean over seeds), each variant's row
     followed by its class-agnostic baseline's, from the curves every run stores."""
-    def at(curve: list[Any] | None, threshold: float) -> tuple[float, float, float] | None:
+    def at(curve: list[Any] | None, threshold: float) -> tuple[float, float] | None:  # (coverage, precision)
         return None if not curve else next(
             ((p["coverage"], p["precision"]) for p in curve if abs(p["threshold"] - threshold) < 1e-9), None)
 
