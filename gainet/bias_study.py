@@ -360,7 +360,7 @@ def target_check(summary: list[dict[str, Any]], train_size: int) -> dict[str, An
 
 
 def markdown_report(summary: list[dict[str, Any]], train_size: int, target: dict[str, Any] | None,
-                    seeds: Sequence[int]) -> str:
+                    seeds: Sequence[int], kind: str = "boxes") -> str:
     """The paper's table layout: one column per model, one row per test measure."""
     names = [_column_name(e, train_size) for e in summary]
     lines = ["| measure | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
@@ -370,7 +370,7 @@ def markdown_report(summary: list[dict[str, Any]], train_size: int, target: dict
         lines.append(f"| {METRIC_LABELS[metric]} | " + " | ".join(_cell(e, metric) for e in summary) + " |")
     text = "\n".join(lines)
     note = (f"\n\nMean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
-            f"{train_size} training images; N = images with box supervision.")
+            f"{train_size} training images; N = images with {kind} (supervision={kind}).")
     if target is not None and "gain_ext_decorrelated" in target:
         verdict = "met" if target["met"] else "MISSED"
         note += (f"\nTarget: GAIN_ext with boxes on {target['supervised']} images reaches "
@@ -385,7 +385,8 @@ def markdown_report(summary: list[dict[str, Any]], train_size: int, target: dict
     return text + note + "\n"
 
 
-def plot(summary: list[dict[str, Any]], path: Path, train_size: int, chance: float | None = None) -> Path:
+def plot(summary: list[dict[str, Any]], path: Path, train_size: int, chance: float | None = None,
+         kind: str = "boxes") -> Path:
     """Accuracy (biased, decorrelated) and box energy vs. the number of supervised images."""
     import matplotlib
 
@@ -428,7 +429,7 @@ def plot(summary: list[dict[str, Any]], path: Path, train_size: int, chance: flo
     if chance:
         left.axhline(chance, color="grey", linestyle=":", alpha=0.8, label=f"chance ({chance:.2f})")
     left.set_ylim(0.0, 1.05)
-    left.set_xlabel(f"images with box supervision (of {train_size})")
+    left.set_xlabel(f"images with {kind} (of {train_size})")
     left.set_ylabel("accuracy")
     left.set_title("accuracy vs. supervised images (N=0: GAIN)")
     left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
@@ -441,7 +442,7 @@ def plot(summary: list[dict[str, Any]], path: Path, train_size: int, chance: flo
         if run in by_run and math.isfinite(by_run[run]["decorrelated_box_energy"]):
             right.axhline(by_run[run]["decorrelated_box_energy"], color=colour, alpha=0.8,
                           label=f"{'CAM' if run == 'cam' else 'reference'}, test_decorrelated")
-    right.set_xlabel(f"images with box supervision (of {train_size})")
+    right.set_xlabel(f"images with {kind} (of {train_size})")
     right.set_ylabel("share of attention energy inside the box")
     right.set_title("attention energy in the object box")
     if right.get_legend_handles_labels()[0]:
@@ -456,7 +457,7 @@ def plot(summary: list[dict[str, Any]], path: Path, train_size: int, chance: flo
 def run_bias_study(
     output_dir: str | Path = "runs/bias-study",
     *,
-    supervision: Sequence[str | int | float] = DEFAULT_SUPERVISION,
+    supervised_counts: Sequence[str | int | float] = DEFAULT_SUPERVISION,
     seeds: int = 1,
     first_seed: int = 0,
     threads: int | None = None,
@@ -494,7 +495,7 @@ def run_bias_study(
     if base.dataset in ("parts", "garments"):
         raise ValueError("the bias study needs a dataset with a biased and a decorrelated test split (bias, voc or folder)")
     train_size = len(build_datasets(base.replace(method="cam"))[0])
-    counts = parse_supervision(supervision, train_size)
+    counts = parse_supervision(supervised_counts, train_size)
     seed_list = list(range(first_seed, first_seed + seeds))
     sized = {"num_images": test_images} if test_images and base.dataset in WORLDS else {}
     test_sets = {
@@ -515,7 +516,7 @@ def run_bias_study(
         for run in runs:
             config = _run_config(base, run, seed, output, train_split, unbiased_split, supervised_share)
             print(f"[bias-study] seed {seed}: {run['run']} ({config.method} on {config.train_split}"
-                  + (f", boxes on {run['supervised']} images" if run["supervised"] else "")
+                  + (f", {config.supervision} on {run['supervised']} images" if run["supervised"] else "")
                   + (f", guidance {config.guidance}" if config.guidance else "") + ") ...", flush=True)
             result = train_and_evaluate(config, test_sets, context_sets)
             row = {"run": run["run"], "method": run["method"], "supervised": run["supervised"] or 0,
@@ -528,11 +529,11 @@ def run_bias_study(
                   f"box energy {row['decorrelated_box_energy']:.3f} ({result['train_seconds']:.0f} s)", flush=True)
     summary = summarise(rows)
     target = target_check(summary, train_size)
-    table = markdown_report(summary, train_size, target, seed_list)
+    table = markdown_report(summary, train_size, target, seed_list, kind=base.supervision)
     (output / "table.md").write_text("# Bias study\n\n" + table)
     num_classes = len(getattr(test_sets[decorrelated_split], "classes", []))
     figure = plot(summary, output / "accuracy_vs_supervision.png", train_size,
-                  chance=1.0 / num_classes if num_classes else None)
+                  chance=1.0 / num_classes if num_classes else None, kind=base.supervision)
     seconds = time.perf_counter() - started
     results = {
         "config": base.to_dict(), "train_size": train_size, "supervision": counts, "seeds": seed_list,

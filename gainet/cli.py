@@ -341,15 +341,23 @@ def add_wsss_commands(commands: Any) -> None:
     evalseg.set_defaults(func=cmd_eval_seg)
 
 
+def _supervision_kind(text: str) -> str:
+    """``--supervision`` of bias-study: ``boxes`` or ``masks`` (the N list is ``--supervised-count``)."""
+    if text in ("boxes", "masks"):
+        return text
+    hint = " (the numbers of supervised images go to --supervised-count)" if text[:1].isdigit() else ""
+    raise argparse.ArgumentTypeError(f"expected boxes or masks, got {text!r}{hint}")
+
+
 def cmd_bias_study(args: argparse.Namespace) -> int:
     from gainet.bias_study import run_bias_study
 
     overrides = dict(args.options or {})
-    for name in ("epochs", "train_images", "image_size", "model_width", "dataset", "data_root"):
+    for name in ("epochs", "train_images", "image_size", "model_width", "dataset", "data_root", "supervision"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     run_bias_study(
-        args.output, supervision=args.supervision, seeds=args.seeds, first_seed=args.first_seed, threads=args.threads,
+        args.output, supervised_counts=args.supervised_count, seeds=args.seeds, first_seed=args.first_seed, threads=args.threads,
         progress=not args.no_progress, test_images=args.test_images, reference=not args.no_reference,
         train_split=args.train_split,
         unbiased_split=args.unbiased_split, biased_split=args.biased_split, decorrelated_split=args.decorrelated_split,
@@ -368,9 +376,11 @@ def add_bias_study_command(commands: Any) -> None:
                                            "decorrelated test split and write results.json, table.md and "
                                            "accuracy_vs_supervision.png.")
     bias.add_argument(*OUTPUT_FLAGS, dest="output", default="runs/bias-study", help="output directory")
-    bias.add_argument("--supervision", nargs="+", default=["0", "1%", "2%", "5%", "10%"],
-                      help="numbers of box-supervised images: counts (20), fractions (0.05) or percentages (5%%) "
-                           "of the training set (default: %(default)s)")
+    bias.add_argument("--supervised-count", nargs="+", default=["0", "1%", "2%", "5%", "10%"],
+                      help="numbers of supervised images, one run each: counts (20), fractions (0.05) or "
+                           "percentages (5%%) of the training set (default: %(default)s)")
+    bias.add_argument("--supervision", type=_supervision_kind, default=None,
+                      help="what the supervised images carry, as in `gainet train`: boxes (default) or masks")
     bias.add_argument("--seeds", type=int, default=1, help="number of seeds (mean and std over them; default 1)")
     bias.add_argument("--first-seed", type=int, default=0, help="first seed")
     bias.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the study's budget)")

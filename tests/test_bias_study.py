@@ -37,7 +37,7 @@ def test_summary_is_mean_and_std_over_seeds() -> None:
 
 def test_bias_study_cli_writes_results_table_and_plot(tmp_path: Path, capsys) -> None:
     output = tmp_path / "study"
-    args = ["bias-study", "--output", str(output), "--supervision", "0", "25%", "--seeds", "2",
+    args = ["bias-study", "--output", str(output), "--supervised-count", "0", "25%", "--seeds", "2",
             "--train-images", "32", "--test-images", "16", "--image-size", "32", "--model-width", "8", "--epochs", "2",
             "--options", "warmup_epochs=1,batch_size=16,val_images=16", "--threads", "1", "--no-progress"]
     assert main(args) == 0
@@ -104,7 +104,7 @@ def test_bias_study_runs_on_a_folder_dataset_with_coco_or_voc_boxes(tmp_path: Pa
     _bias_folder(root, box_format)
     output = tmp_path / "study"
     assert main(["bias-study", "--dataset", "folder", "--data-root", str(root), "--output", str(output),
-                 "--supervision", "4", "--image-size", "32", "--model-width", "8", "--epochs", "2",
+                 "--supervised-count", "4", "--image-size", "32", "--model-width", "8", "--epochs", "2",
                  "--options", "warmup_epochs=1,batch_size=8,augment=false", "--threads", "1", "--no-progress"]) == 0
     results = json.loads((output / "results.json").read_text())
     assert results["train_size"] == 16 and [e["run"] for e in results["summary"]] == [
@@ -118,7 +118,7 @@ def test_bias_study_runs_on_a_folder_dataset_with_coco_or_voc_boxes(tmp_path: Pa
 
 def test_bias_study_guided_runs_context_split_and_target(tmp_path: Path) -> None:
     output = tmp_path / "guided"
-    args = ["bias-study", "--output", str(output), "--supervision", "5%", "--train-images", "32",
+    args = ["bias-study", "--output", str(output), "--supervised-count", "5%", "--train-images", "32",
             "--test-images", "16", "--image-size", "32", "--model-width", "8", "--epochs", "2",
             "--options", "warmup_epochs=1,batch_size=16,val_images=16", "--threads", "1", "--no-progress",
             "--guidance", "context-swap", "rrr,upweight", "--no-gain"]
@@ -163,3 +163,23 @@ def test_study_runs_guided_names_and_optional_baselines() -> None:
         ("context-swap+l_e-100", "cam", 100, "context-swap+l_e")]
     names = [r["run"] for r in study_runs([100], guidance=["rrr"], guidance_method="gain")]
     assert names == ["reference", "cam", "gain", "gain-ext-100", "gain+rrr-100"]
+
+
+def test_bias_study_supervision_takes_masks_like_train(tmp_path: Path) -> None:
+    """``--supervision`` means what it means in ``gainet train`` (boxes or masks); the N list is
+    ``--supervised-count``."""
+    output = tmp_path / "study"
+    args = ["bias-study", "--output", str(output), "--supervised-count", "4", "--supervision", "masks",
+            "--no-reference", "--no-gain", "--guidance", "context-swap", "--train-images", "16", "--test-images", "8",
+            "--image-size", "32", "--model-width", "8", "--epochs", "1",
+            "--options", "warmup_epochs=0,batch_size=8,val_images=8", "--threads", "1", "--no-progress"]
+    assert main(args) == 0
+    config = json.loads((output / "runs" / "seed0" / "context-swap-4" / "result.json").read_text())["config"]
+    assert config["supervision"] == "masks" and config["supervised_count"] == 4
+    assert "images with masks" in (output / "table.md").read_text()
+
+
+def test_bias_study_supervision_refuses_a_count_with_a_hint(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["bias-study", "--supervision", "5%"])
+    assert "--supervised-count" in capsys.readouterr().err
