@@ -237,3 +237,47 @@ def test_guidance_losses_without_supervised_images_is_zero() -> None:
     out = guidance_losses(gain, images, labels, masks, torch.zeros(4, dtype=torch.bool),
                           ["context-swap", "rrr", "upweight"], scores=gain(images))
     assert float(out.loss) == 0.0 and out.counts["no_supervised"] == 1
+
+
+def test_context_swap_with_several_partners_pastes_each_object_on_distinct_contexts() -> None:
+    images = torch.zeros(4, 3, 16, 16)
+    images[:, 1] = torch.tensor([1.0, 2.0, 3.0, 4.0])[:, None, None]
+    images[:, :, 5:11, 5:11] = torch.tensor([10.0, 20.0, 30.0, 40.0])[:, None, None, None]
+    labels = torch.eye(3)[[0, 1, 2, 2]]
+    masks = _square_masks(4, 3, [0, 1, 2, 2])
+    result = context_swap(images, masks, labels, noise=False, partners=3, generator=torch.Generator().manual_seed(0))
+    # Image 0 (class 0) has three other-class contexts; images 2 and 3 (class 2) have two each.
+    assert result.source.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3]
+    for src in range(4):
+        chosen = result.partner[result.source == src].tolist()
+        assert len(set(chosen)) == len(chosen) and src not in chosen
+        assert all(int(labels[p].argmax()) != int(labels[src].argmax()) for p in chosen)
+    for row in range(result.images.shape[0]):
+        src, partner = int(result.source[row]), int(result.partner[row])
+        expected = torch.zeros(3, 16, 16)
+        expected[1] = images[partner, 1, 0, 0]
+        expected[:, 5:11, 5:11] = images[src, :, 5:11, 5:11]
+        torch.testing.assert_close(result.images[row], expected)
+    torch.testing.assert_close(result.labels, labels[result.source])
+    with pytest.raises(ValueError, match="partners"):
+        context_swap(images, masks, labels, partners=0)
+
+
+def test_guidance_losses_paste_masks_choose_the_pasted_pixels() -> None:
+    gain = _gain().train()
+    images = torch.randn(4, 3, 32, 32)
+    labels = torch.eye(3)[[0, 1, 2, 0]]
+    boxes = torch.zeros(4, 3, 32, 32)
+    for b in range(4):
+        boxes[b, b % 3, 8:20, 10:22] = 1.0
+    paste = torch.zeros(4, 32, 32)
+    paste[:, 12:16, 14:18] = 1.0  # a smaller object inside each box
+    kwargs = dict(scores=gain(images).detach(), generator=torch.Generator().manual_seed(0))
+    out = guidance_losses(gain, images, labels, boxes, None, ["context-swap"], paste_masks=paste, **kwargs)
+    # Inside the box but outside the pasted pixels the swap shows the partner's filled context,
+    # not the source's pixels.
+    swap = out.swaps[0]
+    assert torch.equal(swap[:, 12:16, 14:18], images[0, :, 12:16, 14:18])
+    assert not torch.equal(swap[:, 8:12, 10:14], images[0, :, 8:12, 10:14])
+    with pytest.raises(ValueError, match="paste_masks"):
+        guidance_losses(gain, images, labels, boxes, None, ["context-swap"], paste_masks=paste[:, :16], **kwargs)

@@ -98,3 +98,18 @@ def test_unknown_guidance_mode_is_a_one_line_error(tmp_path: Path, capsys) -> No
     code = main(["train", "--dataset", "bias", "--guidance", "swap", "--output-dir", str(tmp_path / "x")])
     assert code != 0
     assert "unknown guidance mode 'swap'" in capsys.readouterr().err
+
+
+def test_grabcut_swaps_and_several_partners_train(tmp_path: Path) -> None:
+    pytest.importorskip("cv2")
+    config = tiny(tmp_path, guidance="context-swap", supervised_count=8, supervised_share=0.5, swap_mask="grabcut",
+                  swap_partners=3)
+    train(config)
+    rows = _rows(config)
+    # 8 supervised images per batch of 16, each pasted on 3 contexts (the world's 4 classes give
+    # enough other-class partners in almost every batch): far more swaps than supervised images.
+    assert all(float(r["guidance/swaps"]) > 8 * 3 for r in rows)
+    assert all(r["guidance/grabcut_kept_box"] != "" and float(r["guidance/grabcut_kept_box"]) >= 0 for r in rows)
+    assert all(torch.isfinite(torch.tensor(float(r["train/guide_context_swap"]))) for r in rows)
+    with pytest.raises(ValueError, match="swap_partners"):
+        tiny(tmp_path, swap_partners=0)

@@ -206,12 +206,13 @@ def context_swap(
     *,
     object_masks_override: Tensor | None = None,
     contexts: Counterfactuals | None = None,
+    partners: int = 1,
     margin: int = 1,
     smoothing_steps: int = 20,
     noise: bool = True,
     generator: torch.Generator | None = None,
 ) -> Counterfactuals:
-    """Each supervised image's object pasted onto another supervised image's context.
+    """Each supervised image's object pasted onto other supervised images' contexts.
 
     The context is the partner image with its own object removed and filled
     (:func:`context_only`), so the result holds one object, of the source's classes, on a
@@ -229,6 +230,10 @@ def context_swap(
             masks' union (e.g. :func:`masks_within_boxes` inside boxes); the contexts are still
             filled over the whole mask/box.
         contexts: the batch's :func:`context_only` result, to reuse instead of recomputing it.
+        partners: contexts per object: each object is pasted onto up to this many distinct
+            partners (all of another class where the batch has that many), one image each. More
+            than 1 shows the same object on several contexts in one step, so only the object
+            explains the label; the extra images cost one forward/backward each.
         margin, smoothing_steps, noise, generator: for the contexts (:func:`context_only`).
 
     Returns:
@@ -241,7 +246,9 @@ def context_swap(
     counts = {"empty_mask": contexts.counts["empty_mask"], "no_context": contexts.counts["no_context"],
               "no_partner": 0, "same_class_partner": 0}
     pool = contexts.source.tolist()  # images with a usable mask and a fillable context
-    out_images, sources, partners = [], [], []
+    if partners < 1:
+        raise ValueError(f"partners must be >= 1, got {partners}")
+    out_images, sources, partner_index = [], [], []
     binary = labels > 0.5
     for position, i in enumerate(pool):
         if not bool(paste[i].any()):
@@ -255,18 +262,22 @@ def context_swap(
         if not different:
             counts["same_class_partner"] += 1
         choices = different or others
-        k = choices[int(torch.randint(len(choices), (1,), generator=generator))]
+        if partners == 1:
+            picked = [choices[int(torch.randint(len(choices), (1,), generator=generator))]]
+        else:
+            picked = [choices[j] for j in torch.randperm(len(choices), generator=generator)[:partners].tolist()]
         mask = paste[i][None]
-        out_images.append(mask * images[i] + (1.0 - mask) * contexts.images[k])
-        sources.append(i)
-        partners.append(pool[k])
+        for k in picked:
+            out_images.append(mask * images[i] + (1.0 - mask) * contexts.images[k])
+            sources.append(i)
+            partner_index.append(pool[k])
     device = images.device
     if not out_images:
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return Counterfactuals(images.new_zeros((0, *images.shape[1:])), empty, empty,
                                labels.new_zeros((0, labels.shape[1])), counts)
     source = torch.tensor(sources, dtype=torch.long, device=device)
-    return Counterfactuals(torch.stack(out_images), source, torch.tensor(partners, dtype=torch.long, device=device),
+    return Counterfactuals(torch.stack(out_images), source, torch.tensor(partner_index, dtype=torch.long, device=device),
                            labels[source].to(images.dtype), counts)
 
 

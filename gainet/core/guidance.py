@@ -36,7 +36,7 @@ GUIDANCE_MODES = ("l_e", "context-swap", "context-only", "actdiff", "rrr", "upwe
 # Modes that need the counterfactual images, and the forward pass over them.
 COUNTERFACTUAL_MODES = ("context-swap", "context-only", "actdiff", "rrr")
 ContextTarget = Literal["uniform", "erased"]
-SwapMask = Literal["mask", "attention"]
+SwapMask = Literal["mask", "attention"]  # "grabcut" is the trainer's: it passes paste_masks
 
 
 def parse_guidance(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -185,6 +185,8 @@ def guidance_losses(
     scores: Tensor | None = None,
     weights: dict[str, float] | None = None,
     swap_mask: SwapMask = "mask",
+    paste_masks: Tensor | None = None,
+    swap_partners: int = 1,
     context_target: ContextTarget = "uniform",
     generator: torch.Generator | None = None,
 ) -> GuidanceOutput:
@@ -207,6 +209,10 @@ def guidance_losses(
         swap_mask: what a context swap pastes: ``"mask"``: the mask (with boxes: the whole
             box); ``"attention"``: inside each box, the pixels where the model's own attention for
             the class is at least half its in-box range (:func:`masks_within_boxes`).
+        paste_masks: ``(B, H, W)`` in {0, 1}, the pixels a swap pastes, estimated by the caller
+            (e.g. GrabCut inside the boxes, ``gainet.data.grabcut``); overrides ``swap_mask``.
+            The contexts are still filled over the whole mask or box.
+        swap_partners: contexts each object is pasted on (:func:`context_swap`'s ``partners``).
         context_target: single-label target of context-only images (:func:`context_only_loss`).
         generator: for the swap partners and the fill's grain.
     """
@@ -239,14 +245,18 @@ def guidance_losses(
         output.counts.update(contexts.counts)
         swaps = None
         if "context-swap" in modes or "actdiff" in modes:
-            override = None
-            if swap_mask == "attention" and contexts.source.numel() > 0:
+            override = paste_masks
+            if override is not None:
+                if override.shape != (images.shape[0], *images.shape[-2:]):
+                    raise ValueError(f"paste_masks must be (B, H, W) = {(images.shape[0], *images.shape[-2:])}, "
+                                     f"got {tuple(override.shape)}")
+            elif swap_mask == "attention" and contexts.source.numel() > 0:
                 maps = _maps_per_class(gain, plain, labels, contexts.source)
                 override = object_masks(masks_within_boxes(masks, maps))
             elif swap_mask != "mask":
                 raise ValueError(f"swap_mask must be 'mask' or 'attention', got {swap_mask!r}")
             swaps = context_swap(plain, masks, labels, supervised, object_masks_override=override,
-                                 contexts=contexts, generator=generator)
+                                 contexts=contexts, partners=swap_partners, generator=generator)
             output.counts.update(swaps.counts)
             output.swaps = swaps.images
         output.counts["swaps"] = 0 if swaps is None else swaps.images.shape[0]

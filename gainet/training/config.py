@@ -67,9 +67,12 @@ class TrainConfig(DictConfig):
     supervised_share: float | None = config_field(None, "share of each batch drawn from the supervised images (a sampler "
                                                    "that guarantees it; default: plain shuffling)")
     guidance_weight: float = config_field(1.0, "weight of each --guidance term other than l_e (which uses omega_e)")
-    swap_mask: str = config_field("mask", "what context-swap pastes: the mask or box (mask), or inside each box the "
-                             "model's attention >= half its in-box range (attention; after the warm-up)",
-                             choices=("mask", "attention"))
+    swap_mask: str = config_field("mask", "what context-swap pastes: the mask or box (mask); inside each box the "
+                             "model's attention >= half its in-box range (attention; after the warm-up); or inside "
+                             "each box GrabCut's foreground (grabcut; needs OpenCV)",
+                             choices=("mask", "attention", "grabcut"))
+    swap_partners: int = config_field(1, "context-swap: contexts each supervised object is pasted on per step (distinct "
+                                         "partners in the batch, another class's first)")
     context_target: str = config_field("uniform", "single-label target of context-only images: uniform (KL to the "
                                   "uniform distribution) or erased (penalty on the erased class's probability)",
                                   choices=("uniform", "erased"))
@@ -172,6 +175,8 @@ class TrainConfig(DictConfig):
         if not 0.0 <= self.supervised_fraction <= 1.0:
             raise ValueError(f"supervised_fraction must be in [0, 1], got {self.supervised_fraction}")
         parse_guidance(self.guidance)  # one-line error on an unknown mode
+        if self.swap_partners < 1:
+            raise ValueError(f"swap_partners must be >= 1, got {self.swap_partners}")
         if self.supervised_share is not None and not 0.0 <= self.supervised_share <= 1.0:
             raise ValueError(f"supervised_share must be in [0, 1], got {self.supervised_share}")
 

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gainet.core import GAIN, AdversarialGAIN, empty_target_pairs, guidance_losses
 from gainet.data.errors import skip_summary
+from gainet.data.grabcut import grabcut_masks
 from gainet.evaluation.evaluate import evaluate_gain
 from gainet.models import attention_layer_name, build_classifier
 from gainet.progress import progress_bar
@@ -339,10 +340,16 @@ class Trainer:
             with self._autocast():
                 output = self.module(images, labels, masks if use_masks else None, supervised if use_masks else None,
                                      mine=mine)
+                paste_masks = None
+                if guided and config.swap_mask == "grabcut" and "context-swap" in guided:
+                    paste_masks, fallbacks = grabcut_masks(images, masks, supervised)
+                    skipped["grabcut_kept_box"] = skipped.get("grabcut_kept_box", 0.0) + fallbacks
+                swap_mask = config.swap_mask if config.swap_mask != "grabcut" else "mask"
                 guidance = guidance_losses(
                     self.gain, images, labels, masks, supervised, guided, scores=output.scores,
                     weights={m: config.guidance_weight for m in guided},
-                    swap_mask=config.swap_mask if epoch >= config.warmup_epochs else "mask",
+                    swap_mask=swap_mask if epoch >= config.warmup_epochs else "mask", paste_masks=paste_masks,
+                    swap_partners=config.swap_partners,
                     context_target=config.context_target, generator=guidance_generator,
                 ) if guided else None
             loss = output.loss.float() if guidance is None else output.loss.float() + guidance.loss.float()
