@@ -353,6 +353,8 @@ def cmd_bias_study(args: argparse.Namespace) -> int:
     from gainet.bias_study import run_bias_study
 
     overrides = dict(args.options or {})
+    if args.dataset_options:
+        overrides["dataset_options"] = {**overrides.get("dataset_options", {}), **args.dataset_options}
     for name in ("epochs", "train_images", "image_size", "model_width", "dataset", "data_root", "supervision"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
@@ -409,6 +411,8 @@ def add_bias_study_command(commands: Any) -> None:
                       help="skip the cam run (e.g. a second process adding runs to a study; no target check)")
     bias.add_argument("--options", type=_parse_mapping, default=None, metavar="K=V,...",
                       help="other training options for every run, e.g. lr=0.001,am_gradient=attention")
+    bias.add_argument("--dataset-options", type=_parse_mapping, default=None, metavar="K=V,...",
+                      help="dataset options as in `gainet train`, e.g. bias_p=0.99 or '{object_size: [0.07, 0.1]}'")
     bias.add_argument("--threads", type=int, default=None, help="CPU threads")
     bias.add_argument("--no-progress", action="store_true", help="hide progress bars")
     bias.set_defaults(func=cmd_bias_study)

@@ -172,10 +172,12 @@ def test_bias_study_supervision_takes_masks_like_train(tmp_path: Path) -> None:
     args = ["bias-study", "--output", str(output), "--supervised-count", "4", "--supervision", "masks",
             "--no-reference", "--no-gain", "--guidance", "context-swap", "--train-images", "16", "--test-images", "8",
             "--image-size", "32", "--model-width", "8", "--epochs", "1",
-            "--options", "warmup_epochs=0,batch_size=8,val_images=8", "--threads", "1", "--no-progress"]
+            "--options", "warmup_epochs=0,batch_size=8,val_images=8", "--dataset-options", "bias_p=0.5",
+            "--threads", "1", "--no-progress"]
     assert main(args) == 0
     config = json.loads((output / "runs" / "seed0" / "context-swap-4" / "result.json").read_text())["config"]
     assert config["supervision"] == "masks" and config["supervised_count"] == 4
+    assert config["dataset_options"] == {"bias_p": 0.5}
     assert "images with masks" in (output / "table.md").read_text()
 
 
