@@ -45,15 +45,28 @@ from gainet.wsss.pseudo_labels import LABELS_DIR, LABELS_STAGE, make_pseudo_labe
 from gainet.wsss.seg_trainer import SegConfig, evaluate_segmentation, train_seg
 from gainet.wsss.cams import eval_cams, make_cams
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ablation import BASE as ABLATION_BASE  # noqa: E402  (a sibling script, not a package)
+from ablation import VARIANTS  # noqa: E402
+
 METHODS = ("cam", "gain", "gain-ext")
+# GAIN's hyperparameters pinned as in benchmarks/ablation.py, so that a variant name ("gain",
+# "gain/alpha0.3", "gain-adv") means the same classifier in both benchmarks.
+PINNED = ("sigma", "omega", "alpha", "omega_e", "am_gradient", "erased_batchnorm", "weights_grad", "area_weight")
 
 
-def classifier_config(method: str, args: argparse.Namespace, output: Path) -> TrainConfig:
-    """The same budget for every method (the demo's recipe, scaled down)."""
+def classifier_config(variant: str, args: argparse.Namespace, output: Path) -> TrainConfig:
+    """The same budget for every variant (the demo's recipe, scaled down); ``variant`` is a name
+    of ``benchmarks/ablation.py``'s VARIANTS (a method and its overrides)."""
+    overrides = {**{k: ABLATION_BASE[k] for k in PINNED}, **VARIANTS[variant]}
+    warmup = overrides.pop("warmup_epochs", min(3, args.epochs - 1))
+    supervised_fraction = overrides.pop("supervised_fraction", 0.05)
     return TrainConfig(
-        method=method, dataset="parts", image_size=64, train_images=args.train_images, val_images=args.cls_val_images,
-        model="small-cnn", model_width=args.width, epochs=args.epochs, warmup_epochs=min(3, args.epochs - 1),
-        batch_size=32, optimizer="adamw", lr=2e-3, schedule="cosine", supervised_fraction=0.05, seed=args.seed,
+        **overrides, dataset="parts", image_size=64, train_images=args.train_images, val_images=args.cls_val_images,
+        model="small-cnn", model_width=args.width, epochs=args.epochs,
+        warmup_epochs=warmup,
+        batch_size=32, optimizer="adamw", lr=2e-3, schedule="cosine",
+        supervised_fraction=supervised_fraction, seed=args.seed,
         threads=args.threads, progress=args.progress, tensorboard=False, eval_every=args.epochs,
         output_dir=str(output / "classifier"),
     )
@@ -95,7 +108,7 @@ def cached(out: Path, args: argparse.Namespace, compute) -> dict[str, Any]:
 
 
 def run_method(method: str, args: argparse.Namespace, checkpoint: str | None) -> dict[str, Any]:
-    out = Path(args.output) / f"seed{args.seed}" / method
+    out = Path(args.output) / f"seed{args.seed}" / method.replace("/", "_")
     if checkpoint is not None:
         return _run_method(method, args, checkpoint, out)
     return cached(out, args, lambda: _run_method(method, args, checkpoint, out))
@@ -179,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--output", default="runs/bench-wsss", help="output folder (resumable)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(VARIANTS), metavar="VARIANT",
+                        help="variants of benchmarks/ablation.py, e.g. cam gain/alpha0.3 gain-adv gain-ext "
+                             "(default: %(default)s)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="METHOD=PATH",
                         help="use this classifier checkpoint instead of training one (repeatable)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (classifier, seg network)")
