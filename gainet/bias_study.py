@@ -344,6 +344,11 @@ def target_check(summary: list[dict[str, Any]], train_size: int) -> dict[str, An
         target.update({"gain_ext_decorrelated": ext["decorrelated_accuracy"], "ratio": ratio,
                        "met": bool(ratio >= TARGET_SHARE)})
     cam = next((e for e in summary if e["run"] == "cam"), None)
+    if cam is not None:
+        # A world whose plain classifier already reaches the bar shows no shortcut worth fixing:
+        # a guided run "meeting" the target there proves nothing, and the report says so.
+        target["cam_ratio"] = cam["decorrelated_accuracy"] / reference["decorrelated_accuracy"]
+        target["cam_meets"] = bool(target["cam_ratio"] >= TARGET_SHARE)
     if guided and cam is not None:
         # Issue 13's target: decorrelated accuracy >= 0.9 x the reference's, biased accuracy
         # within 2 points of cam's.
@@ -382,6 +387,10 @@ def markdown_report(summary: list[dict[str, Any]], train_size: int, target: dict
                  f"reference's (required >= {TARGET_SHARE:.2f}); biased {check['biased']:.3f} vs cam's "
                  f"{check['cam_biased']:.3f} (drop {100 * check['biased_drop']:.1f} points, allowed "
                  f"{100 * TARGET_BIASED_DROP:.0f}): {verdict}.")
+    if (target or {}).get("cam_meets"):
+        note += (f"\nNo shortcut to fix: cam alone reaches {target['cam_ratio']:.2f} x the reference's decorrelated "
+                 f"accuracy (>= {TARGET_SHARE:.2f}), so the target says nothing about the guided runs here; "
+                 "read the context-only rows, or use a world where cam fails.")
     return text + note + "\n"
 
 

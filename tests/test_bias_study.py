@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import write_lines, write_voc_xml
-from gainet.bias_study import parse_supervision, study_runs, summarise
+from gainet.bias_study import markdown_report, parse_supervision, study_runs, summarise, target_check
 from gainet.cli import main
 from gainet.data.worlds import BiasWorld
 
@@ -185,3 +185,19 @@ def test_bias_study_supervision_refuses_a_count_with_a_hint(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["bias-study", "--supervision", "5%"])
     assert "--supervised-count" in capsys.readouterr().err
+
+
+def test_target_check_says_when_cam_alone_already_meets_it() -> None:
+    def entry(run: str, decorrelated: float, biased: float = 0.99, guidance: str = "", supervised: int = 0) -> dict:
+        return {"run": run, "method": "cam", "guidance": guidance, "supervised": supervised, "seeds": 1,
+                "decorrelated_accuracy": decorrelated, "biased_accuracy": biased}
+
+    shortcut = [entry("reference", 0.98), entry("cam", 0.30), entry("context-swap-5", 0.95, 0.985, "context-swap", 5)]
+    target = target_check(shortcut, 100)
+    assert target["cam_ratio"] == pytest.approx(0.30 / 0.98) and not target["cam_meets"]
+    assert target["guided"][0]["met"]
+    easy = [entry("reference", 0.99), entry("cam", 0.96), entry("context-swap-5", 0.99, 0.99, "context-swap", 5)]
+    target = target_check(easy, 100)
+    assert target["cam_meets"] and target["guided"][0]["met"]
+    assert "No shortcut to fix" in markdown_report(easy, 100, target, [0])
+    assert "No shortcut to fix" not in markdown_report(shortcut, 100, target_check(shortcut, 100), [0])
