@@ -230,6 +230,8 @@ def _run_config(base: TrainConfig, run: dict[str, Any], seed: int, output_dir: P
     )
     if not guidance:  # settings of the guidance terms do not touch (or re-key) the other runs
         config = config.replace(**{name: getattr(TrainConfig, name) for name in GUIDANCE_SETTINGS})
+    if not run["supervised"]:  # nor does the kind of supervision: studies with boxes and with masks share them
+        config = config.replace(supervision=STUDY_CONFIG.supervision)
     return config
 
 

@@ -178,6 +178,9 @@ def test_bias_study_supervision_takes_masks_like_train(tmp_path: Path) -> None:
     config = json.loads((output / "runs" / "seed0" / "context-swap-4" / "result.json").read_text())["config"]
     assert config["supervision"] == "masks" and config["supervised_count"] == 4
     assert config["dataset_options"] == {"bias_p": 0.5}
+    # Unsupervised runs are keyed without the kind of supervision: a box study can reuse them.
+    cam = json.loads((output / "runs" / "seed0" / "cam" / "result.json").read_text())["config"]
+    assert cam["supervision"] == "boxes" and cam["guidance"] == ""
     assert "images with masks" in (output / "table.md").read_text()
 
 
