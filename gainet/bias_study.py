@@ -366,6 +366,28 @@ def target_check(summary: list[dict[str, Any]], train_size: int) -> dict[str, An
     return target
 
 
+# Cost per training step relative to cam, cheapest first (benchmarks/guidance_cost.py; docs/bias_study.md):
+# the order in which a mode that met the target is recommended.
+COST_ORDER = ("upweight", "l_e", "context-swap", "context-only", "actdiff", "rrr")
+
+
+def recommend(target: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The cheapest guided run that met issue 13's target (fewest modes, then :data:`COST_ORDER`
+    of its costliest mode); ``None`` where none did or where cam alone meets it (nothing to fix)."""
+    if not target or target.get("cam_meets"):
+        return None
+    met = [check for check in target.get("guided", []) if check["met"]]
+    if not met:
+        return None
+
+    def cost(check: dict[str, Any]) -> tuple[int, int]:
+        modes = check["run"].rsplit("-", 1)[0].split("+")
+        ranks = [COST_ORDER.index(m) if m in COST_ORDER else len(COST_ORDER) for m in modes]
+        return len(modes), max(ranks)
+
+    return min(met, key=cost)
+
+
 def markdown_report(summary: list[dict[str, Any]], train_size: int, target: dict[str, Any] | None,
                     seeds: Sequence[int], kind: str = "boxes") -> str:
     """The paper's table layout: one column per model, one row per test measure."""
@@ -389,6 +411,12 @@ def markdown_report(summary: list[dict[str, Any]], train_size: int, target: dict
                  f"reference's (required >= {TARGET_SHARE:.2f}); biased {check['biased']:.3f} vs cam's "
                  f"{check['cam_biased']:.3f} (drop {100 * check['biased_drop']:.1f} points, allowed "
                  f"{100 * TARGET_BIASED_DROP:.0f}): {verdict}.")
+    best = recommend(target)
+    if best is not None:
+        note += (f"\nRecommended here: {best['run']} (the cheapest guided run that met the target; "
+                 f"decorrelated {best['decorrelated']:.3f}).")
+    elif (target or {}).get("guided") and not target.get("cam_meets"):
+        note += "\nNo guided run met the target here: none is recommended."
     if (target or {}).get("cam_meets"):
         note += (f"\nNo shortcut to fix: cam alone reaches {target['cam_ratio']:.2f} x the reference's decorrelated "
                  f"accuracy (>= {TARGET_SHARE:.2f}), so the target says nothing about the guided runs here; "

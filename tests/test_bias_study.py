@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import write_lines, write_voc_xml
-from gainet.bias_study import markdown_report, parse_supervision, study_runs, summarise, target_check
+from gainet.bias_study import markdown_report, parse_supervision, recommend, study_runs, summarise, target_check
 from gainet.cli import main
 from gainet.data.worlds import BiasWorld
 
@@ -204,3 +204,20 @@ def test_target_check_says_when_cam_alone_already_meets_it() -> None:
     assert target["cam_meets"] and target["guided"][0]["met"]
     assert "No shortcut to fix" in markdown_report(easy, 100, target, [0])
     assert "No shortcut to fix" not in markdown_report(shortcut, 100, target_check(shortcut, 100), [0])
+
+
+def test_recommend_picks_the_cheapest_mode_that_met_the_target() -> None:
+    def entry(run: str, decorrelated: float, guidance: str = "", supervised: int = 0, biased: float = 0.99) -> dict:
+        return {"run": run, "method": "cam", "guidance": guidance, "supervised": supervised, "seeds": 1,
+                "decorrelated_accuracy": decorrelated, "biased_accuracy": biased}
+
+    summary = [entry("reference", 0.98), entry("cam", 0.40),
+               entry("actdiff-5", 0.95, "actdiff", 5), entry("context-swap-5", 0.93, "context-swap", 5),
+               entry("context-swap+l_e-5", 0.97, "context-swap+l_e", 5), entry("upweight-5", 0.45, "upweight", 5),
+               entry("rrr-5", 0.96, "rrr", 5, biased=0.90)]  # rrr: costs 9 points of biased accuracy
+    target = target_check(summary, 100)
+    assert recommend(target)["run"] == "context-swap-5"
+    assert "Recommended here: context-swap-5" in markdown_report(summary, 100, target, [0])
+    missed = [entry("reference", 0.98), entry("cam", 0.40), entry("upweight-5", 0.45, "upweight", 5)]
+    assert recommend(target_check(missed, 100)) is None
+    assert "none is recommended" in markdown_report(missed, 100, target_check(missed, 100), [0])
