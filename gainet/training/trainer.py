@@ -341,7 +341,8 @@ class Trainer:
                 output = self.module(images, labels, masks if use_masks else None, supervised if use_masks else None,
                                      mine=mine)
                 paste_masks = None
-                if guided and config.swap_mask == "grabcut" and "context-swap" in guided:
+                # GrabCut needs no trained model, so unlike "attention" it applies from the first step.
+                if guided and config.swap_mask == "grabcut" and {"context-swap", "actdiff"} & set(guided):
                     paste_masks, fallbacks = grabcut_masks(images, masks, supervised)
                     skipped["grabcut_kept_box"] = skipped.get("grabcut_kept_box", 0.0) + fallbacks
                 swap_mask = config.swap_mask if config.swap_mask != "grabcut" else "mask"
