@@ -372,11 +372,13 @@ def cmd_bias_study(args: argparse.Namespace) -> int:
 
 def add_bias_study_command(commands: Any) -> None:
     """``gainet bias-study`` (docs/bias_study.md)."""
-    bias = commands.add_parser("bias-study", help="dataset bias: cam vs gain vs gain-ext with N box-supervised images",
-                               description="Train a reference (cam on unbiased data), cam, gain and gain-ext with box "
-                                           "supervision on N images for each N, evaluate on the biased and the "
-                                           "decorrelated test split and write results.json, table.md and "
-                                           "accuracy_vs_supervision.png.")
+    bias = commands.add_parser("bias-study", help="dataset bias: cam vs gain vs gain-ext vs guidance modes with N "
+                                                  "supervised images",
+                               description="Train a reference (cam on unbiased data), cam, gain and gain-ext (and the "
+                                           "--guidance modes) with boxes or masks on N images for each N, evaluate "
+                                           "on the biased, decorrelated and context-only test splits, and write "
+                                           "results.json, table.md (with the target check and the cheapest guided "
+                                           "run that met it) and accuracy_vs_supervision.png.")
     bias.add_argument(*OUTPUT_FLAGS, dest="output", default="runs/bias-study", help="output directory")
     bias.add_argument("--supervised-count", nargs="+", default=["0", "1%", "2%", "5%", "10%"],
                       help="numbers of supervised images, one run each: counts (20), fractions (0.05) or "
