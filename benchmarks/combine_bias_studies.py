@@ -21,7 +21,7 @@ import math
 import sys
 from pathlib import Path
 
-from gainet.bias_study import METRIC_LABELS, METRICS, recommend, target_check
+from gainet.bias_study import METRICS, markdown_report, target_check
 
 BASELINES = ("reference", "cam")
 
@@ -33,27 +33,19 @@ def load(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def cell(entry: dict, metric: str) -> str:
-    value = entry.get(metric, math.nan)
-    if value is None or not math.isfinite(value):
-        return ""
-    std = entry.get(f"{metric}_std", math.nan)
-    return f"{value:.3f}" if entry.get("seeds", 1) < 2 or std is None else f"{value:.3f} ± {std:.3f}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--label", action="append", default=[], metavar="DIR=NAME")
     args = parser.parse_args(argv)
     labels = {Path(k): v for k, v in (item.split("=", 1) for item in args.label)}
-    columns: list[tuple[str, dict]] = []
+    columns: list[dict] = []
     baselines: dict[str, dict] = {}
-    seeds = None
+    seeds = train_size = None
     for folder in args.folders:
         results = load(folder)
         if seeds is None:
-            seeds = results["seeds"]
+            seeds, train_size = results["seeds"], results["train_size"]
         elif results["seeds"] != seeds:
             raise SystemExit(f"{folder}: seeds {results['seeds']} differ from {seeds}")
         name = labels.get(folder, folder.name)
@@ -64,27 +56,12 @@ def main(argv: list[str] | None = None) -> int:
                        and math.isfinite(known[m])):
                     raise SystemExit(f"{folder}: its {entry['run']} run differs from the first folder's")
                 continue
-            columns.append((f"{entry['run']} ({name})", entry))
-    head = [("reference (unbiased data)", baselines["reference"])] if "reference" in baselines else []
-    head += [("CAM", baselines["cam"])] if "cam" in baselines else []
-    columns = head + columns
-    lines = ["| measure | " + " | ".join(n for n, _ in columns) + " |", "|---|" + "---:|" * len(columns)]
-    for metric in METRICS:
-        if any(cell(e, metric) for _, e in columns):
-            lines.append(f"| {METRIC_LABELS[metric]} | " + " | ".join(cell(e, metric) for _, e in columns) + " |")
-    print("\n".join(lines))
-    print(f"\nMean ± std over seeds {seeds}.")
-    summary = list(baselines.values()) + [dict(e, run=n) for n, e in columns[len(head):]]
-    train_size = load(args.folders[0])["train_size"]
+            labelled = f"{entry['run']} ({name})"
+            columns.append(dict(entry, run=labelled, label=labelled))
+    # The study's own report: same layout, target check and recommendation as `gainet bias-study`.
+    summary = [baselines[run] for run in BASELINES if run in baselines] + columns
     target = target_check(summary, train_size)
-    for check in (target or {}).get("guided", []):
-        print(f"- {check['run']}: decorrelated {check['decorrelated']:.3f} = {check['ratio']:.2f} x reference, "
-              f"biased drop {100 * check['biased_drop']:.1f} points: {'met' if check['met'] else 'missed'}")
-    if target and target.get("cam_meets"):
-        print("- cam alone meets the target: no shortcut to fix in this world.")
-    best = recommend(target)
-    reason = "cam alone meets it" if target and target.get("cam_meets") else "no guided run met the target"
-    print(f"- recommended: {best['run'] if best else f'none ({reason})'}")
+    print(markdown_report(summary, train_size, target, seeds, kind="masks or boxes, as labelled"), end="")
     return 0
 
 

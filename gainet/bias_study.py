@@ -318,6 +318,8 @@ def _cell(entry: dict[str, Any], metric: str) -> str:
 
 
 def _column_name(entry: dict[str, Any], train_size: int) -> str:
+    if entry.get("label"):  # set by callers that combine studies (benchmarks/combine_bias_studies.py)
+        return entry["label"]
     if entry["run"] == "reference":
         return "reference (cam, unbiased data)"
     if entry["run"] == "cam":
@@ -362,8 +364,8 @@ def target_check(summary: list[dict[str, Any]], train_size: int) -> dict[str, An
             ratio = entry["decorrelated_accuracy"] / reference["decorrelated_accuracy"]
             drop = cam["biased_accuracy"] - entry["biased_accuracy"]
             target["guided"].append({
-                "run": entry["run"], "supervised": entry["supervised"], "decorrelated": entry["decorrelated_accuracy"],
-                "ratio": ratio,
+                "run": entry["run"], "guidance": entry["guidance"], "supervised": entry["supervised"],
+                "decorrelated": entry["decorrelated_accuracy"], "ratio": ratio,
                 "biased": entry["biased_accuracy"], "cam_biased": cam["biased_accuracy"], "biased_drop": drop,
                 "met": bool(ratio >= TARGET_SHARE and drop <= TARGET_BIASED_DROP),
             })
@@ -378,6 +380,8 @@ COST_ORDER = ("upweight", "l_e", "context-swap", "context-only", "actdiff", "rrr
 def recommend(target: dict[str, Any] | None) -> dict[str, Any] | None:
     """The cheapest guided run that met issue 13's target (fewest modes, then :data:`COST_ORDER`
     of its costliest mode); ``None`` where none did or where cam alone meets it (nothing to fix)."""
+    from gainet.core.guidance import parse_guidance
+
     if not target or target.get("cam_meets"):
         return None
     met = [check for check in target.get("guided", []) if check["met"]]
@@ -385,7 +389,7 @@ def recommend(target: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
 
     def cost(check: dict[str, Any]) -> tuple[int, int]:
-        modes = check["run"].rsplit("-", 1)[0].split("+")
+        modes = parse_guidance(check["guidance"])
         ranks = [COST_ORDER.index(m) if m in COST_ORDER else len(COST_ORDER) for m in modes]
         return len(modes), max(ranks)
 
