@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from . import drawing
 from .errors import DataError
 from .sample import build_sample, multi_hot
-from .worlds import Rendered, World, draw_context
+from .worlds import Rendered, World, draw_context, finish_scene, object_value
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -261,14 +261,7 @@ class GarmentsWorld(_GarmentWorld):
             segmentation[mask] = label + 1
             boxes.append(drawing.mask_box(mask))
             box_labels.append(label)
-        image += rng.normal(0.0, 0.02, size=image.shape).astype(np.float32)
-        return Rendered(
-            image=drawing.to_uint8(image),
-            segmentation=segmentation,
-            boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-            box_labels=np.asarray(box_labels, dtype=np.int64),
-            labels=tuple(sorted(label for label, _, _ in placed)),
-        )
+        return finish_scene(image, rng, 0.02, segmentation, boxes, box_labels, sorted(label for label, _, _ in placed))
 
 
 class GarmentsBiasWorld(_GarmentWorld):
@@ -319,23 +312,18 @@ class GarmentsBiasWorld(_GarmentWorld):
         shade = 1.0 + 0.15 * drawing.smooth_noise(rng, size, 4) + 0.12 * (texture - 0.5)
         image = shade[:, :, None] * color
         segmentation = np.zeros((size, size), dtype=np.uint8)
-        boxes = np.zeros((0, 4), dtype=np.float32)
-        box_labels = np.zeros(0, dtype=np.int64)
+        boxes, box_labels = [], []
         labels: tuple[int, ...] = ()  # context split: no object, no label
         if split not in self.context_splits:
             labels = (label,)
             intensity, side = self._garment(rng, split, label)
             mask, canvas = self._place(rng, intensity, side)
-            delta = rng.uniform(0.25, 0.45)
-            obj_value = value + delta if value + delta <= 1.0 and (value - delta < 0.0 or rng.uniform() < 0.5) else value - delta
+            obj_value = object_value(rng, value)
             garment = self._tint(drawing.hsv(rng.uniform(), rng.uniform(0.2, 0.8), obj_value), canvas / max(float(canvas.max()), 1e-6))
             image[mask] = garment[mask]
             segmentation[mask] = label + 1
-            boxes = np.asarray([drawing.mask_box(mask)], dtype=np.float32)
-            box_labels = np.asarray([label], dtype=np.int64)
-        image += rng.normal(0.0, 0.03, size=image.shape).astype(np.float32)
-        return Rendered(image=drawing.to_uint8(image), segmentation=segmentation, boxes=boxes,
-                        box_labels=box_labels, labels=labels, context=context)
+            boxes, box_labels = [drawing.mask_box(mask)], [label]
+        return finish_scene(image, rng, 0.03, segmentation, boxes, box_labels, labels, context=context)
 
     def __getitem__(self, index: int) -> dict:
         if self.split not in self.context_splits:

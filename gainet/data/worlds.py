@@ -309,15 +309,8 @@ class PartsWorld(World):
             segmentation[body] = label + 1
             boxes.append(drawing.mask_box(body))
             box_labels.append(label)
-        image += rng.normal(0.0, 0.02, size=image.shape).astype(np.float32)
-        return Rendered(
-            image=drawing.to_uint8(image),
-            segmentation=segmentation,
-            boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-            box_labels=np.asarray(box_labels, dtype=np.int64),
-            labels=tuple(sorted(label for label, _, _ in placed)),
-            parts=parts,
-        )
+        return finish_scene(image, rng, 0.02, segmentation, boxes, box_labels,
+                            sorted(label for label, _, _ in placed), parts=parts)
 
     def part_masks(self, index: int) -> Tensor:
         """float32 (C, S, S): each class's discriminative part pixels at native geometry
@@ -339,6 +332,25 @@ def draw_context(rng: np.random.Generator, label: int, num_classes: int, bias_p:
         return label
     other = int(rng.integers(num_classes - 1))
     return other + (other >= label)
+
+
+def finish_scene(image: np.ndarray, rng: np.random.Generator, noise: float, segmentation: np.ndarray,
+                 boxes, box_labels, labels, **extra) -> Rendered:
+    """Gaussian pixel noise (std ``noise``) on the float ``(S, S, 3)`` image, then the
+    :class:`Rendered` record; ``boxes`` (XYXY) and ``box_labels`` may be lists, ``extra`` holds
+    ``parts`` / ``context``. Shared by every world's ``render``."""
+    image = image + rng.normal(0.0, noise, size=image.shape).astype(np.float32)
+    return Rendered(image=drawing.to_uint8(image), segmentation=segmentation,
+                    boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                    box_labels=np.asarray(box_labels, dtype=np.int64), labels=tuple(labels), **extra)
+
+
+def object_value(rng: np.random.Generator, value: float) -> float:
+    """HSV value of an object on a context of value ``value``: 0.25-0.45 brighter or darker
+    (either direction that fits in [0, 1]), so the object stays visible whatever its random hue
+    without its colour carrying the class. Shared by the bias worlds."""
+    delta = rng.uniform(0.25, 0.45)
+    return value + delta if value + delta <= 1.0 and (value - delta < 0.0 or rng.uniform() < 0.5) else value - delta
 
 
 class BiasWorld(World):
@@ -406,31 +418,17 @@ class BiasWorld(World):
         shade = 1.0 + 0.15 * drawing.smooth_noise(rng, size, 4)
         image = shade[:, :, None] * color
         if split in self.context_splits:
-            image += rng.normal(0.0, 0.03, size=image.shape).astype(np.float32)
-            return Rendered(
-                image=drawing.to_uint8(image), segmentation=np.zeros((size, size), dtype=np.uint8),
-                boxes=np.zeros((0, 4), dtype=np.float32), box_labels=np.zeros(0, dtype=np.int64), labels=(),
-                context=context,
-            )
+            return finish_scene(image, rng, 0.03, np.zeros((size, size), dtype=np.uint8), [], [], (),
+                                context=context)
         radius = rng.uniform(*self.object_size) * size
         cy, cx = rng.uniform(radius + 1, size - 2 - radius, size=2)
         mask = drawing.shape_mask(self.shapes[label], yy, xx, cy, cx, radius)
-        # Brightness contrast (either direction that fits in [0, 1]) keeps the object visible
-        # whatever its random hue, without making its colour informative.
-        delta = rng.uniform(0.25, 0.45)
-        obj_value = value + delta if value + delta <= 1.0 and (value - delta < 0.0 or rng.uniform() < 0.5) else value - delta
+        obj_value = object_value(rng, value)  # drawn before the hue: the worlds' random streams stay as they were
         image[mask] = drawing.hsv(rng.uniform(), rng.uniform(0.2, 0.8), obj_value)
-        image += rng.normal(0.0, 0.03, size=image.shape).astype(np.float32)
         segmentation = np.zeros((size, size), dtype=np.uint8)
         segmentation[mask] = label + 1
-        return Rendered(
-            image=drawing.to_uint8(image),
-            segmentation=segmentation,
-            boxes=np.asarray([drawing.mask_box(mask)], dtype=np.float32),
-            box_labels=np.asarray([label], dtype=np.int64),
-            labels=(label,),
-            context=context,
-        )
+        return finish_scene(image, rng, 0.03, segmentation, [drawing.mask_box(mask)], [label], (label,),
+                            context=context)
 
     def context(self, index: int) -> int:
         """0-based context id of item ``index`` (equals the label when the context matches)."""
