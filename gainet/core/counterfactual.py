@@ -262,7 +262,7 @@ def context_swap(
         if not different:
             counts["same_class_partner"] += 1
         choices = different or others
-        if partners == 1:
+        if partners == 1:  # one randint draw, as before partners existed: earlier studies stay reproducible
             picked = [choices[int(torch.randint(len(choices), (1,), generator=generator))]]
         else:
             picked = [choices[j] for j in torch.randperm(len(choices), generator=generator)[:partners].tolist()]
