@@ -1,4 +1,4 @@
-"""Counterfactual images and the guidance losses (issue 13), against independent computations."""
+"""Counterfactual images (issues 13, 18), against independent computations."""
 
 from __future__ import annotations
 
@@ -8,17 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gainet.core import GAIN
 from gainet.core.counterfactual import context_only, context_swap, fill_from_context, masks_within_boxes
-from gainet.core.guidance import (
-    activation_difference,
-    context_only_loss,
-    guidance_losses,
-    input_gradient_penalty,
-    parse_guidance,
-    supervised_classification_loss,
-)
-from gainet.models import build_classifier
 
 
 def _square_masks(batch: int, classes: int, labels: list[int], size: int = 16) -> torch.Tensor:
@@ -134,111 +124,6 @@ def test_masks_within_boxes_thresholds_the_map_inside_each_box() -> None:
     torch.testing.assert_close(out[0, 1], boxes[0, 1])
 
 
-# ---------------------------------------------------------------------- losses
-def test_context_only_loss_against_explicit_formulas() -> None:
-    scores = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]], dtype=torch.float64)
-    erased = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
-    s = scores.numpy()
-    p = np.exp(s) / np.exp(s).sum(1, keepdims=True)
-    kl = np.mean([np.sum(np.full(3, 1 / 3) * np.log((1 / 3) / p[i])) for i in range(2)])
-    assert context_only_loss(scores, erased, False, "uniform").item() == pytest.approx(kl, abs=1e-12)
-    assert context_only_loss(scores, erased, False, "erased").item() == pytest.approx(
-        np.mean([p[0, 0], p[1, 1] + p[1, 2]]), abs=1e-12)
-    bce = np.mean(np.log1p(np.exp(s)))  # -log(1 - sigmoid(s)) = log(1 + e^s)
-    assert context_only_loss(scores, erased, True).item() == pytest.approx(bce, abs=1e-12)
-    assert context_only_loss(scores[:0], erased[:0], False).item() == 0.0
-
-
-def test_activation_difference_and_upweight_by_hand() -> None:
-    a, b = torch.randn(3, 4, 2, 2, dtype=torch.float64), torch.randn(3, 4, 2, 2, dtype=torch.float64)
-    expected = np.mean([np.mean((a[i].numpy() - b[i].numpy()) ** 2) for i in range(3)])
-    assert activation_difference(a, b).item() == pytest.approx(expected, abs=1e-12)
-    scores = torch.tensor([[1.0, 0.0], [0.0, 3.0], [2.0, 2.0]], dtype=torch.float64)
-    labels = torch.eye(2, dtype=torch.float64)[[0, 0, 1]]
-    loss = supervised_classification_loss(scores, labels, torch.tensor([False, True, True]), False)
-    expected = np.mean([-(0.0 - np.log(1 + math.exp(3.0))), math.log(2.0)])
-    assert loss.item() == pytest.approx(expected, abs=1e-12)
-    assert supervised_classification_loss(scores, labels, torch.zeros(3, dtype=torch.bool), False).item() == 0.0
-
-
-@pytest.mark.parametrize("multi_label", [False, True])
-def test_input_gradient_penalty_against_the_analytic_gradient_of_a_linear_model(multi_label: bool) -> None:
-    torch.manual_seed(0)
-    classes, size = 3, 4
-    weight = torch.randn(classes, 3 * size * size, dtype=torch.float64)
-    images = torch.randn(2, 3, size, size, dtype=torch.float64, requires_grad=True)
-    scores = images.flatten(1) @ weight.T
-    allowed = torch.zeros(2, size, size, dtype=torch.float64)
-    allowed[0, 1:3, 1:3] = 1.0
-    allowed[1, :, :2] = 1.0
-    penalty = input_gradient_penalty(images, scores, allowed, multi_label)
-    w, x = weight.numpy(), images.detach().flatten(1).numpy()
-    total = 0.0
-    for i in range(2):
-        s = w @ x[i]
-        if multi_label:  # d/dx sum_k log sigmoid(s_k) = sum_k (1 - sigmoid(s_k)) w_k
-            grad = ((1 - 1 / (1 + np.exp(-s)))[:, None] * w).sum(0)
-        else:  # d/dx sum_k log softmax_k = sum_k w_k - C sum_j p_j w_j
-            p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
-            grad = w.sum(0) - classes * (p[:, None] * w).sum(0)
-        outside = np.tile(1 - allowed[i].numpy().reshape(-1), 3)
-        total += np.sum((outside * grad) ** 2)
-    assert penalty.item() == pytest.approx(total / 2, rel=1e-10)
-    penalty.backward()  # part of the graph (double backward)
-    assert images.grad is not None and torch.isfinite(images.grad).all()
-
-
-def test_parse_guidance_vocabulary() -> None:
-    assert parse_guidance("context-swap,l_e") == ("context-swap", "l_e")
-    assert parse_guidance("rrr+actdiff") == ("rrr", "actdiff")
-    assert parse_guidance("") == () and parse_guidance(None) == ()
-    with pytest.raises(ValueError, match="unknown guidance mode 'swap'"):
-        parse_guidance("swap")
-
-
-# ---------------------------------------------------------------------- orchestration
-def _gain() -> GAIN:
-    torch.manual_seed(0)
-    return GAIN(build_classifier("small-cnn", 3, width=8), multi_label=False, probe_size=32)
-
-
-@pytest.mark.parametrize("swap_mask", ["mask", "attention"])
-def test_guidance_losses_finite_with_gradients_and_bad_input_counted(swap_mask: str) -> None:
-    gain = _gain().train()
-    images = torch.randn(6, 3, 32, 32)
-    labels = torch.eye(3)[[0, 1, 2, 0, 1, 2]]
-    masks = torch.zeros(6, 3, 32, 32)
-    for b in range(6):
-        masks[b, b % 3, 8:20, 10:22] = 1.0
-    masks[4] = 0.0  # empty after augmentation
-    supervised = torch.tensor([True, True, True, False, True, False])
-    scores = gain(images)
-    modes = ["context-swap", "context-only", "actdiff", "rrr", "upweight", "l_e"]
-    out = guidance_losses(gain, images, labels, masks, supervised, modes, scores=scores, swap_mask=swap_mask,
-                          generator=torch.Generator().manual_seed(0))
-    assert set(out.terms) == set(modes) - {"l_e"}
-    assert all(torch.isfinite(t) for t in out.terms.values())
-    assert all(out.terms[m].item() > 0 for m in ("context-swap", "context-only", "actdiff", "rrr", "upweight"))
-    assert out.counts["empty_mask"] >= 1 and out.counts["swaps"] == 3 and out.counts["context_images"] == 3
-    torch.testing.assert_close(out.loss, sum(out.terms.values()))
-    out.loss.backward()
-    grads = [p.grad for p in gain.parameters() if p.grad is not None]
-    assert grads and all(torch.isfinite(g).all() for g in grads)
-    # The guidance pass itself never moves a running BatchNorm statistic.
-    gain.zero_grad()
-    before = [b.clone() for b in gain.buffers()]
-    guidance_losses(gain, images, labels, masks, supervised, modes, scores=scores.detach(), swap_mask=swap_mask)
-    assert all(torch.equal(a, b) for a, b in zip(before, gain.buffers()))
-
-def test_guidance_losses_without_supervised_images_is_zero() -> None:
-    gain = _gain().train()
-    images, labels = torch.randn(4, 3, 32, 32), torch.eye(3)[[0, 1, 2, 0]]
-    masks = torch.zeros(4, 3, 32, 32)
-    out = guidance_losses(gain, images, labels, masks, torch.zeros(4, dtype=torch.bool),
-                          ["context-swap", "rrr", "upweight"], scores=gain(images))
-    assert float(out.loss) == 0.0 and out.counts["no_supervised"] == 1
-
-
 def test_context_swap_with_several_partners_pastes_each_object_on_distinct_contexts() -> None:
     images = torch.zeros(4, 3, 16, 16)
     images[:, 1] = torch.tensor([1.0, 2.0, 3.0, 4.0])[:, None, None]
@@ -263,21 +148,107 @@ def test_context_swap_with_several_partners_pastes_each_object_on_distinct_conte
         context_swap(images, masks, labels, partners=0)
 
 
-def test_guidance_losses_paste_masks_choose_the_pasted_pixels() -> None:
-    gain = _gain().train()
-    images = torch.randn(4, 3, 32, 32)
-    labels = torch.eye(3)[[0, 1, 2, 0]]
-    boxes = torch.zeros(4, 3, 32, 32)
-    for b in range(4):
-        boxes[b, b % 3, 8:20, 10:22] = 1.0
-    paste = torch.zeros(4, 32, 32)
-    paste[:, 12:16, 14:18] = 1.0  # a smaller object inside each box
-    kwargs = dict(scores=gain(images).detach(), generator=torch.Generator().manual_seed(0))
-    out = guidance_losses(gain, images, labels, boxes, None, ["context-swap"], paste_masks=paste, **kwargs)
-    # Inside the box but outside the pasted pixels the swap shows the partner's filled context,
-    # not the source's pixels.
-    swap = out.swaps[0]
-    assert torch.equal(swap[:, 12:16, 14:18], images[0, :, 12:16, 14:18])
-    assert not torch.equal(swap[:, 8:12, 10:14], images[0, :, 8:12, 10:14])
-    with pytest.raises(ValueError, match="paste_masks"):
-        guidance_losses(gain, images, labels, boxes, None, ["context-swap"], paste_masks=paste[:, :16], **kwargs)
+# ---------------------------------------------------------------------- issue 18: what a row claims
+def test_ignore_pixels_are_never_object_and_join_the_hole_next_to_an_object() -> None:
+    images = torch.zeros(2, 3, 20, 20)
+    images[:, 2] = torch.tensor([1.0, 2.0])[:, None, None]  # flat contexts
+    images[:, :, 5:11, 5:11] = 9.0  # objects
+    images[:, :, 4, 5:11] = 7.0  # VOC's 255 band above each object
+    images[:, :, 18:20, :] = 5.0  # a padding strip, also 255, far from the object
+    labels = torch.eye(2)
+    masks = _square_masks(2, 2, [0, 1], size=20)
+    masks[:, :, 4, 5:11] = 255.0
+    masks[:, :, 18:20, :] = 255.0
+    result = context_only(images, masks, labels, noise=False)
+    assert result.source.tolist() == [0, 1]
+    # The object and the 255 band next to it are filled from the context; the far strip stays.
+    for row in range(2):
+        assert float((result.images[row, :, 3:12, 4:12] - images[row, :, 0:1, 0:1]).abs().max()) < 1e-5
+        torch.testing.assert_close(result.images[row, :, 18:20], images[row, :, 18:20])
+    # A mask of nothing but 255 has no object: skipped, counted, never pasted.
+    only_ignore = torch.full((1, 2, 20, 20), 255.0)
+    none = context_only(images[:1], only_ignore, labels[:1])
+    assert none.images.shape[0] == 0 and none.counts["empty_mask"] == 1
+    swaps = context_swap(images, masks, labels, noise=False, generator=torch.Generator().manual_seed(0))
+    for row in range(swaps.images.shape[0]):  # the band and the strip are not pasted
+        partner = int(swaps.partner[row])
+        torch.testing.assert_close(swaps.images[row, :, 18:20], images[partner, :, 18:20])
+        assert float((swaps.images[row, :, 4, 5:11] - images[partner, :, 0, 0, None]).abs().max()) < 1e-5
+
+
+def test_a_swap_carries_exactly_the_classes_whose_pixels_it_pastes() -> None:
+    images = torch.randn(3, 3, 16, 16)
+    labels = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])  # image 0: classes 0 and 1
+    masks = torch.zeros(3, 3, 16, 16)
+    masks[0, 0, 2:6, 2:6] = 1.0
+    masks[0, 1, 10:14, 10:14] = 1.0
+    masks[1, 2, 5:9, 5:9] = 1.0
+    masks[2, 2, 5:9, 5:9] = 1.0
+    paste = torch.zeros(3, 16, 16)
+    paste[0, 2:6, 2:6] = 1.0  # the paste mask (e.g. GrabCut) keeps class 0's object only
+    paste[1:, 5:9, 5:9] = 1.0
+    out = context_swap(images, masks, labels, paste_masks=paste, noise=False, generator=torch.Generator().manual_seed(1))
+    row = out.source.tolist().index(0)
+    assert out.labels[row].tolist() == [1.0, 0.0, 0.0]
+    # A class the crop removed (empty mask) is not claimed either, though the image label keeps it.
+    cropped = masks.clone()
+    cropped[0, 1] = 0.0
+    out = context_swap(images, cropped, labels, noise=False, generator=torch.Generator().manual_seed(1))
+    assert out.labels[out.source.tolist().index(0)].tolist() == [1.0, 0.0, 0.0]
+    full = context_swap(images, masks, labels, noise=False, generator=torch.Generator().manual_seed(1))
+    assert full.labels[full.source.tolist().index(0)].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_masked_counterpart_shuffles_the_outside_and_keeps_the_object() -> None:
+    from gainet.core.counterfactual import masked_counterpart
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(3, 3, 12, 12, generator=generator, dtype=torch.float64)
+    labels = torch.eye(3)
+    masks = _square_masks(3, 3, [0, 1, 2], size=12)
+    masks[2] = 1.0  # the object covers everything: nothing to shuffle
+    out = masked_counterpart(images, masks, labels, margin=1, generator=generator)
+    assert out.source.tolist() == [0, 1] and out.counts == {"empty_mask": 0, "no_context": 1}
+    inside = torch.zeros(12, 12, dtype=torch.bool)
+    inside[4:12, 4:12] = True  # rows/cols 5..10 dilated by 1
+    for row in range(2):
+        original, shuffled = images[row], out.images[row]
+        torch.testing.assert_close(shuffled[:, inside], original[:, inside])
+        # Outside: the same pixels (colour triples) in another order.
+        a = original[:, ~inside].T.numpy()
+        b = shuffled[:, ~inside].T.numpy()
+        assert sorted(map(tuple, a)) == sorted(map(tuple, b))
+        assert not np.allclose(a, b)
+    torch.testing.assert_close(out.labels, labels[:2].double())
+
+
+def test_every_bad_input_is_a_counted_skip() -> None:
+    from gainet.core.batch_transforms import ContextOnly, ContextSwap, CounterfactualTransforms, MaskedCounterpart
+
+    transforms = CounterfactualTransforms([ContextOnly(multi_label=False), ContextSwap(), MaskedCounterpart()])
+    images = torch.randn(4, 3, 16, 16)
+    labels = torch.tensor([0, 1, 0, 1])  # a 2-class single-label set, labels as indices
+    masks = _square_masks(4, 2, [0, 1, 0, 1])
+    # No supervised image in the batch (or on this rank).
+    rows = transforms(images, labels, masks, torch.zeros(4, dtype=torch.bool))
+    assert len(rows) == 0 and rows.counts == {"no_supervised": 1} and rows.images.shape == (0, 3, 16, 16)
+    # One supervised image: no partner, but its context-only image and counterpart are built.
+    rows = transforms(images, labels, masks, torch.tensor([True, False, False, False]))
+    assert rows.counts["no_partner"] == 1 and rows.counts["rows/context-swap"] == 0
+    assert rows.counts["rows/context-only"] == 1 and rows.counts["rows/counterpart"] == 1
+    # Single-label context-only target: the uniform distribution over the 2 classes.
+    _, context = rows.of_kind("context-only")
+    torch.testing.assert_close(context.targets, torch.full((1, 2), 0.5))
+    # An empty mask after augmentation, a box outside the image (empty box mask), a mask that is all 255.
+    bad = masks.clone()
+    bad[1] = 0.0
+    bad[2] = 255.0
+    rows = transforms(images, labels, bad, torch.ones(4, dtype=torch.bool))
+    assert rows.counts["empty_mask"] == 2 + 2  # by the contexts, and by the counterpart
+    assert set(rows.source.tolist()) <= {0, 3}
+    assert torch.isfinite(rows.images).all()
+    # A class with no supervised image: the other class's objects swap among themselves, counted.
+    same = transforms(images, labels, masks, torch.tensor([True, False, True, False]))
+    assert same.counts["same_class_partner"] == 2 and same.counts["rows/context-swap"] == 2
+    _, swap_rows = same.of_kind("context-swap")
+    torch.testing.assert_close(swap_rows.targets, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))

@@ -106,9 +106,11 @@ class AdversarialGAIN(GAIN):
         supervised: Tensor | None = None,
         *,
         mine: bool = True,
+        counterfactuals: Tensor | None = None,
     ) -> Tensor | GAINOutput:
-        """As :meth:`GAIN.forward`, plus ``loss_adversary`` and ``loss_area`` in the output."""
-        output = super().forward(images, labels, masks, supervised, mine=mine)
+        """As :meth:`GAIN.forward`, plus ``loss_adversary`` and ``loss_area`` in the output (the
+        adversary reads the images and their erased versions, never the counterfactual rows)."""
+        output = super().forward(images, labels, masks, supervised, mine=mine, counterfactuals=counterfactuals)
         if labels is None:
             return output
         assert isinstance(output, GAINOutput)

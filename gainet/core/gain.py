@@ -49,6 +49,9 @@ class GAINOutput:
         skipped_e: ``()`` long tensor, pairs of supervised images left out of L_e because their
             target mask is empty (no positive valid pixel, e.g. the object cropped away); zero
             when L_e is off. Count it per step to log how much supervision was lost.
+        all_scores: ``(B + S, C)`` logits of the images then of the ``S`` counterfactual rows
+            passed to ``forward`` (``scores`` is its first ``B`` rows).
+        features: ``(B + S, K, h, w)`` the attention layer's activations of the same rows.
     """
 
     loss: Tensor
@@ -63,6 +66,8 @@ class GAINOutput:
     loss_adversary: Tensor | None = None
     loss_area: Tensor | None = None
     skipped_e: Tensor | None = None
+    all_scores: Tensor | None = None
+    features: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.skipped_e is None:
@@ -228,6 +233,7 @@ class GAIN(nn.Module):
         supervised: Tensor | None = None,
         *,
         mine: bool = True,
+        counterfactuals: Tensor | None = None,
     ) -> Tensor | GAINOutput:
         """Without ``labels``: the logits ``(B, C)``. With ``labels``: a :class:`GAINOutput`.
 
@@ -241,8 +247,21 @@ class GAIN(nn.Module):
             supervised: ``(B,)`` bool, images whose masks L_e may use; default: all when ``masks``
                 is given.
             mine: run attention mining (S_am). ``False`` during the classification-only warm-up.
+            counterfactuals: ``(S, 3, H, W)`` extra rows (:mod:`gainet.core.batch_transforms`)
+                appended to the S_cl forward: normalised in the same batch as the images (one
+                pass, one set of BatchNorm statistics), left out of L_cl, the maps, L_am and L_e;
+                their logits and activations are in ``output.all_scores`` / ``output.features``
+                for the guidance terms (:mod:`gainet.core.guidance`).
         """
-        scores, features = self.backbone(images)
+        batch = images.shape[0]
+        if counterfactuals is not None and counterfactuals.shape[0] > 0:
+            if counterfactuals.shape[1:] != images.shape[1:]:
+                raise ValueError(f"counterfactuals {tuple(counterfactuals.shape)} must be (S, *images.shape[1:]) "
+                                 f"= (S, {', '.join(map(str, images.shape[1:]))})")
+            all_scores, features = self.backbone(torch.cat([images, counterfactuals.to(images.dtype)]))
+        else:
+            all_scores, features = self.backbone(images)
+        scores = all_scores[:batch]
         if labels is None:
             return scores
         if labels.dim() == 1:
@@ -267,9 +286,10 @@ class GAIN(nn.Module):
             )
             use_masks = bool(supervised.any())
         if not (use_mining or use_masks):
-            return GAINOutput(loss_cl, loss_cl, zero, zero, scores, pairs)
+            return GAINOutput(loss_cl, loss_cl, zero, zero, scores, pairs, all_scores=all_scores, features=features)
 
-        attention = self.pair_attention(scores, features, pairs, tuple(images.shape[-2:]))
+        # Grad-CAM from the whole forward's scores and activations: pairs only name original rows.
+        attention = self.pair_attention(all_scores, features, pairs, tuple(images.shape[-2:]))
         loss_am, loss_e, erased_scores, erased = zero, zero, None, None
         skipped_e = torch.zeros((), dtype=torch.long, device=images.device)
         if use_mining:
@@ -285,5 +305,6 @@ class GAIN(nn.Module):
             alpha=self.alpha, omega_e=self.omega_e,
         )
         return GAINOutput(
-            loss, loss_cl, loss_am, loss_e, scores, pairs, attention, erased_scores, erased, skipped_e=skipped_e
+            loss, loss_cl, loss_am, loss_e, scores, pairs, attention, erased_scores, erased, skipped_e=skipped_e,
+            all_scores=all_scores, features=features,
         )
