@@ -61,3 +61,29 @@ def test_grabcut_masks_reads_supervised_rows_only_and_counts_fallbacks() -> None
     assert not bool(masks[1].any()) and bool(masks[2].all())
     with pytest.raises(ValueError, match="box_masks"):
         grabcut_masks(images, box_masks[:, 0])
+
+
+def test_estimates_are_cached_per_image_and_box_and_a_damaged_file_is_redone(tmp_path) -> None:
+    from gainet.data.factory import build_dataset
+    from gainet.data.grabcut import estimate_paste_masks, raw_image_and_boxes
+
+    world = build_dataset("bias", "train", image_size=48, num_images=4)
+    masks, stats = estimate_paste_masks(world, [0, 2], cache_dir=tmp_path)
+    assert sorted(masks) == [0, 2] and stats.estimated == 2 and stats.cached == 0
+    files = sorted(tmp_path.glob("*.png"))
+    assert len(files) == 2
+    for index, mask in masks.items():
+        image, boxes = raw_image_and_boxes(world, index)
+        x0, y0, x1, y1 = boxes[0]
+        assert mask.shape == image.shape[:2] and mask.any()
+        outside = np.ones(mask.shape, bool)
+        outside[int(np.floor(y0)):int(np.ceil(y1)), int(np.floor(x0)):int(np.ceil(x1))] = False
+        assert not mask[outside].any()  # never outside the box
+    again, stats = estimate_paste_masks(world, [0, 2], cache_dir=tmp_path)
+    assert stats.estimated == 0 and stats.cached == 2
+    assert all(np.array_equal(again[i], masks[i]) for i in masks)
+    files[0].write_bytes(b"not a png")
+    _, stats = estimate_paste_masks(world, [0, 2], cache_dir=tmp_path)
+    assert stats.estimated == 1 and stats.cached == 1
+    _, stats = estimate_paste_masks(world, [0], cache_dir="")  # no cache at all
+    assert stats.estimated == 1 and len(list(tmp_path.glob("*.png"))) == 2

@@ -15,7 +15,7 @@ from torchvision import tv_tensors
 
 from . import readers
 from .errors import DataError, SkipLog
-from .sample import build_sample, multi_hot
+from .sample import build_sample, multi_hot, paste_mask_arguments
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, JointTransform
 
 
@@ -197,6 +197,7 @@ class FileDataset(Dataset):
             has_boxes=len(raw.boxes) > 0,
             index=index,
             transform=self.transform,
+            **paste_mask_arguments(self, index),
         )
 
     def image_id(self, index: int) -> str:

@@ -13,6 +13,10 @@ Every dataset returns::
       "index":        int, position in the dataset,
     }
 
+and, from a dataset given paste masks (``dataset.paste_masks``, see :mod:`gainet.data.grabcut`),
+also ``"paste_mask"``: float32 (H, W) in {0, 1}, the pixels a context swap pastes (zeros where
+the dataset holds none for the image), moved by the same augmentation as the image.
+
 C counts foreground classes only. "masks"[c] is exactly ``segmentation == c + 1``.
 """
 
@@ -26,6 +30,7 @@ from torchvision import tv_tensors
 from .transforms import IGNORE_INDEX, JointTransform
 
 SAMPLE_KEYS = ("image", "labels", "masks", "box_masks", "has_masks", "has_boxes", "segmentation", "index")
+OPTIONAL_KEYS = ("paste_mask",)
 
 
 def multi_hot(class_ids: list[int] | np.ndarray | Tensor, num_classes: int) -> Tensor:
@@ -68,6 +73,8 @@ def build_sample(
     has_boxes: bool,
     index: int,
     transform: JointTransform,
+    paste_mask: np.ndarray | Tensor | None = None,
+    with_paste_mask: bool = False,
 ) -> dict:
     """Transform raw arrays jointly and assemble the contract dict.
 
@@ -78,6 +85,9 @@ def build_sample(
         box_labels: (N,) 0-based class ids of the boxes.
         labels: float32 (C,) multi-hot; image-level labels are kept as given even when a
             random crop cuts an object out (the usual practice for classification).
+        paste_mask: (H, W) in {0, 1} or None: moved with the image into ``"paste_mask"``.
+        with_paste_mask: add ``"paste_mask"`` (zeros when ``paste_mask`` is None), so that every
+            sample of a dataset that holds paste masks has the key (batches collate).
     """
     num_classes = labels.numel()
     image_t = torch.as_tensor(image)
@@ -91,7 +101,10 @@ def build_sample(
     box_tensor = torch.zeros(0, 4) if boxes is None else torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     label_tensor = torch.zeros(0, dtype=torch.long) if box_labels is None else torch.as_tensor(box_labels).long().reshape(-1)
     tv_boxes = tv_tensors.BoundingBoxes(box_tensor, format="XYXY", canvas_size=(height, width))
-    out_image, out_seg, out_boxes, keep = transform(tv_image, tv_seg, tv_boxes)
+    tv_paste = None
+    if paste_mask is not None:
+        tv_paste = tv_tensors.Mask(torch.as_tensor(np.asarray(paste_mask) > 0, dtype=torch.uint8).reshape(1, height, width))
+    out_image, out_seg, out_boxes, keep, out_paste = transform.with_paste_mask(tv_image, tv_seg, tv_boxes, tv_paste)
     size = tuple(out_image.shape[-2:])
     has_boxes = bool(has_boxes and box_tensor.shape[0] > 0)
     box_masks = (
@@ -99,7 +112,7 @@ def build_sample(
         if has_boxes
         else torch.zeros(num_classes, *size)
     )
-    return {
+    sample = {
         "image": out_image.contiguous(),
         "labels": labels.float(),
         "masks": masks_from_segmentation(out_seg, num_classes),
@@ -109,11 +122,14 @@ def build_sample(
         "segmentation": out_seg,
         "index": int(index),
     }
+    if with_paste_mask or out_paste is not None:
+        sample["paste_mask"] = out_paste if out_paste is not None else torch.zeros(size)
+    return sample
 
 
 def check_sample(sample: dict, num_classes: int) -> None:
     """Raise ``AssertionError`` when ``sample`` breaks the contract (a test and debugging aid)."""
-    assert set(sample) == set(SAMPLE_KEYS), f"keys {sorted(sample)}"
+    assert set(SAMPLE_KEYS) <= set(sample) <= set(SAMPLE_KEYS) | set(OPTIONAL_KEYS), f"keys {sorted(sample)}"
     image, seg = sample["image"], sample["segmentation"]
     assert image.dtype == torch.float32 and image.ndim == 3 and image.shape[0] == 3, image.shape
     height, width = image.shape[-2:]
@@ -132,3 +148,13 @@ def check_sample(sample: dict, num_classes: int) -> None:
     if not bool(sample["has_boxes"]):
         assert not sample["box_masks"].any()
     assert isinstance(sample["index"], int)
+
+
+def paste_mask_arguments(dataset, index: int) -> dict:
+    """``build_sample``'s paste-mask arguments for item ``index`` of ``dataset``: none unless the
+    dataset was given paste masks (``dataset.paste_masks``: ``{index: (H, W) uint8}`` at the raw
+    image's size, :func:`gainet.data.grabcut.attach_paste_masks`)."""
+    masks = getattr(dataset, "paste_masks", None)
+    if masks is None:
+        return {}
+    return {"paste_mask": masks.get(int(index)), "with_paste_mask": True}

@@ -119,9 +119,23 @@ class JointTransform:
             boxes: float32 (M, 4) XYXY pixels clamped to the output, M <= N.
             keep: bool (N,): which input boxes survive (the others were cropped away).
         """
+        return self.with_paste_mask(image, segmentation, boxes, None)[:4]
+
+    def with_paste_mask(
+        self,
+        image: tv_tensors.Image,
+        segmentation: tv_tensors.Mask | None,
+        boxes: tv_tensors.BoundingBoxes,
+        paste_mask: tv_tensors.Mask | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """:meth:`__call__` that also moves ``paste_mask`` (a ``tv_tensors.Mask`` (1, H, W) in
+        {0, 1}, e.g. GrabCut's object inside the boxes) with the same random draw; returns it
+        fifth as float32 (S, S) in {0, 1} (letterbox padding is 0), or None."""
         sample: dict = {"image": image, "boxes": boxes}
         if segmentation is not None:
             sample["segmentation"] = segmentation
+        if paste_mask is not None:
+            sample["paste_mask"] = paste_mask
         sample = self._geometry(sample)
         if not self.train and self.eval_resize == "letterbox":
             sample = self._letterbox(sample)
@@ -132,8 +146,11 @@ class JointTransform:
             out_seg = torch.full(size, IGNORE_INDEX, dtype=torch.long)
         else:
             out_seg = sample["segmentation"].as_subclass(Tensor).reshape(size).long()
+        out_paste = None
+        if paste_mask is not None:  # padding (255) is no object
+            out_paste = (sample["paste_mask"].as_subclass(Tensor).reshape(size) == 1).float()
         out_boxes, keep = _clamp_and_filter(sample["boxes"], size)
-        return out_image, out_seg, out_boxes, keep
+        return out_image, out_seg, out_boxes, keep, out_paste
 
     def eval_geometry(self, boxes: tv_tensors.BoundingBoxes) -> tuple[Tensor, Tensor]:
         """Boxes under the deterministic eval geometry: ``(boxes (M, 4), keep (N,))``.

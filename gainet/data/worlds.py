@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from . import drawing
-from .sample import build_sample, multi_hot
+from .sample import build_sample, multi_hot, paste_mask_arguments
 from .transforms import JointTransform
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 128
@@ -162,6 +162,7 @@ class World(Dataset):
             has_boxes=True,
             index=index,
             transform=self.transform,
+            **paste_mask_arguments(self, index),
         )
 
     def image_id(self, index: int) -> str:
