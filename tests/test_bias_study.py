@@ -146,13 +146,13 @@ def test_bias_study_guided_runs_context_split_and_target(tmp_path: Path) -> None
 def test_guidance_settings_only_reach_guided_runs() -> None:
     from gainet.bias_study import STUDY_CONFIG, _run_config
 
-    base = STUDY_CONFIG.replace(swap_mask="attention", guidance_weight=3.0)
+    base = STUDY_CONFIG.replace(swap_mask="grabcut", guidance_weight=3.0)
     cam = _run_config(base, {"run": "cam", "method": "cam", "supervised": None, "unbiased": False}, 0, Path("x"),
                       "train", "train_unbiased", 0.25)
     assert (cam.swap_mask, cam.guidance_weight, cam.guidance, cam.supervised_share) == ("mask", 1.0, "", None)
     guided = _run_config(base, {"run": "s", "method": "cam", "supervised": 5, "unbiased": False,
                                 "guidance": "context-swap"}, 0, Path("x"), "train", "train_unbiased", 0.25)
-    assert (guided.swap_mask, guided.guidance_weight, guided.supervised_share) == ("attention", 3.0, 0.25)
+    assert (guided.swap_mask, guided.guidance_weight, guided.supervised_share) == ("grabcut", 3.0, 0.25)
 
 
 def test_study_runs_guided_names_and_optional_baselines() -> None:

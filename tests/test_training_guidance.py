@@ -4,6 +4,7 @@ bad input counted, exact resume."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -52,26 +53,30 @@ def test_share_sampler_puts_the_share_in_every_batch_and_ranks_split_the_global_
 
 @pytest.mark.parametrize("dataset", ["bias", "parts"])
 def test_every_guidance_mode_trains_with_finite_logged_terms(tmp_path: Path, dataset: str) -> None:
-    config = tiny(tmp_path, dataset=dataset, guidance=ALL, supervised_count=8, supervised_share=0.25,
-                  swap_mask="attention", augment=True)
+    config = tiny(tmp_path, dataset=dataset, guidance=ALL, supervised_count=8, supervised_share=0.25, augment=True)
     final = train(config)
     rows = _rows(config)
     for name in ("context_swap", "context_only", "actdiff", "rrr", "upweight"):
         values = [float(r[f"train/guide_{name}"]) for r in rows]
         assert all(v > 0 and v == v for v in values), (name, values)
-    assert float(rows[0]["train/loss_e"]) == 0.0 and float(rows[1]["train/loss_e"]) > 0  # l_e after warm-up
-    assert float(rows[1]["guidance/swaps"]) > 0 and float(rows[1]["guidance/context_images"]) > 0
+    # --guidance l_e runs from the first step, like every guidance mode (cam has no warm-up).
+    assert float(rows[0]["train/loss_e"]) > 0 and float(rows[1]["train/loss_e"]) > 0
+    for key in ("swaps", "context_images", "counterparts"):
+        assert float(rows[1][f"guidance/{key}"]) > 0, key
     assert final["val"]["images"] == 16
 
 
 def test_bad_supervision_is_skipped_and_counted_never_nan(tmp_path: Path) -> None:
-    # One supervised image: no second image to swap with, every batch.
+    # One supervised image: no second image to swap with, every batch; ActDiff's counterpart and
+    # the context-only image need none.
     config = tiny(tmp_path, guidance="context-swap,actdiff,context-only", supervised_count=1, supervised_share=0.25,
                   epochs=1, warmup_epochs=0)
     train(config)
     row = _rows(config)[0]
     assert float(row["guidance/no_partner"]) == 3 and float(row["guidance/swaps"]) == 0
-    assert float(row["train/guide_context_swap"]) == 0.0 and float(row["train/loss"]) == float(row["train/loss"])
+    assert float(row["guidance/counterparts"]) == 3 and float(row["guidance/context_images"]) == 3
+    assert float(row["train/guide_context_swap"]) == 0.0 and float(row["train/guide_actdiff"]) > 0
+    assert float(row["train/loss"]) == float(row["train/loss"])
     # Boxes on no image at all: nothing to guide, still a clean run.
     config = tiny(tmp_path, guidance="context-swap,rrr", supervised_count=0, supervised_share=0.25, epochs=1,
                   warmup_epochs=0, output_dir=str(tmp_path / "none"))
@@ -100,16 +105,32 @@ def test_unknown_guidance_mode_is_a_one_line_error(tmp_path: Path, capsys) -> No
     assert "unknown guidance mode 'swap'" in capsys.readouterr().err
 
 
-def test_grabcut_swaps_and_several_partners_train(tmp_path: Path) -> None:
+def test_grabcut_runs_once_per_image_is_cached_and_moves_with_the_augmentation(tmp_path: Path) -> None:
     pytest.importorskip("cv2")
+    cache = tmp_path / "cache"
     config = tiny(tmp_path, guidance="context-swap", supervised_count=8, supervised_share=0.5, swap_mask="grabcut",
-                  swap_partners=3)
+                  swap_partners=3, grabcut_cache=str(cache), augment=True)
     train(config)
     rows = _rows(config)
     # 8 supervised images per batch of 16, each pasted on 3 contexts (the world's 4 classes give
     # enough other-class partners in almost every batch): far more swaps than supervised images.
     assert all(float(r["guidance/swaps"]) > 8 * 3 for r in rows)
-    assert all(r["guidance/grabcut_kept_box"] != "" and float(r["guidance/grabcut_kept_box"]) >= 0 for r in rows)
     assert all(torch.isfinite(torch.tensor(float(r["train/guide_context_swap"]))) for r in rows)
+    first = json.loads((tmp_path / "run" / "final.json").read_text())["grabcut"]
+    assert first["estimated"] == 8 and first["cached"] == 0 and len(list(cache.glob("*.png"))) == 8
+    # A second run (another output directory) reads every estimate back instead of running GrabCut.
+    train(config.replace(output_dir=str(tmp_path / "again"), epochs=1))
+    again = json.loads((tmp_path / "again" / "final.json").read_text())["grabcut"]
+    assert again["estimated"] == 0 and again["cached"] == 8 and again["kept_box"] == first["kept_box"]
+    # The paste mask is moved by the same random crop and flip as the image: inside its box.
+    from gainet.training.data import build_datasets
+
+    train_set, _ = build_datasets(config)
+    for index in sorted(train_set.supervised)[:4]:
+        sample = train_set[index]
+        paste, box = sample["paste_mask"], sample["box_masks"].amax(0)
+        assert bool((paste <= box).all()) and bool(paste.any())
+    with pytest.raises(ValueError, match="swap_mask=attention was removed"):
+        tiny(tmp_path, swap_mask="attention")
     with pytest.raises(ValueError, match="swap_partners"):
         tiny(tmp_path, swap_partners=0)

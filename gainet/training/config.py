@@ -67,10 +67,11 @@ class TrainConfig(DictConfig):
     supervised_share: float | None = config_field(None, "share of each batch drawn from the supervised images (a sampler "
                                                    "that guarantees it; default: plain shuffling)")
     guidance_weight: float = config_field(1.0, "weight of each --guidance term other than l_e (which uses omega_e)")
-    swap_mask: str = config_field("mask", "what context-swap pastes: the mask or box (mask); inside each box the "
-                             "model's attention >= half its in-box range (attention; after the warm-up); or inside "
-                             "each box GrabCut's foreground (grabcut; needs OpenCV)",
-                             choices=("mask", "attention", "grabcut"))
+    swap_mask: str = config_field("mask", "what context-swap pastes: the mask or box (mask), or inside each box GrabCut's "
+                             "foreground, estimated once per image when the data is set up and cached "
+                             "(grabcut; needs OpenCV)", choices=("mask", "grabcut"))
+    grabcut_cache: str | None = config_field(None, "swap_mask=grabcut: folder of the per-image estimates (default "
+                                         "$GAINET_CACHE/grabcut or ~/.cache/gainet/grabcut; '' keeps none)")
     swap_partners: int = config_field(1, "context-swap: contexts each supervised object is pasted on per step (distinct "
                                          "partners in the batch, another class's first)")
     context_target: str = config_field("uniform", "single-label target of context-only images: uniform (KL to the "
@@ -175,6 +176,11 @@ class TrainConfig(DictConfig):
         if not 0.0 <= self.supervised_fraction <= 1.0:
             raise ValueError(f"supervised_fraction must be in [0, 1], got {self.supervised_fraction}")
         parse_guidance(self.guidance)  # one-line error on an unknown mode
+        if self.swap_mask == "attention":
+            raise ValueError("swap_mask=attention was removed: counterfactuals are built in the data loader, before the "
+                             "model sees the batch; use swap_mask=grabcut (an object mask inside each box, no model)")
+        if self.swap_mask not in ("mask", "grabcut"):
+            raise ValueError(f"swap_mask must be mask or grabcut, got {self.swap_mask!r}")
         if self.swap_partners < 1:
             raise ValueError(f"swap_partners must be >= 1, got {self.swap_partners}")
         if self.supervised_share is not None and not 0.0 <= self.supervised_share <= 1.0:
@@ -207,7 +213,7 @@ _BOUNDS = (
 # been started with the new values (Trainer.load). Every other option must match the checkpoint.
 RESUME_RUNTIME_OPTIONS = frozenset({
     "device", "amp", "channels_last", "num_workers", "threads", "output_dir", "resume", "keep_epoch_checkpoints",
-    "eval_every", "eval_batches", "progress", "tensorboard", "data_root", "dist_timeout",
+    "eval_every", "eval_batches", "progress", "tensorboard", "data_root", "dist_timeout", "grabcut_cache",
 })
 RESUME_OVERRIDES = ("epochs", "lr")
 

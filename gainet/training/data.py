@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler, Sampler
@@ -103,11 +103,29 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
         if not supervised:
             logger.warning("%s: no training image carries %s: L_e and the guidance terms stay zero",
                            config.method, config.supervision)
-    return SupervisionView(train, supervised, config.supervision), val
+    view = SupervisionView(train, supervised, config.supervision)
+    view.paste_mask_stats = None
+    if config.swap_mask == "grabcut" and "context-swap" in config.guidance_modes and supervised:
+        view.paste_mask_stats = _attach_grabcut(train, supervised, config)
+    return view, val
+
+
+def _attach_grabcut(dataset: Dataset, supervised: list[int], config: TrainConfig) -> dict[str, float]:
+    """GrabCut once per supervised image (cached on disk), handed to the dataset as paste masks."""
+    from gainet.data.grabcut import attach_paste_masks, estimate_paste_masks
+
+    masks, stats = estimate_paste_masks(dataset, supervised, cache_dir=config.grabcut_cache)
+    attach_paste_masks(dataset, masks)
+    logger.info("grabcut: %d supervised images, %d estimated now (%.1f CPU-s, once), %d from the cache, "
+                "%d kept the whole box, %d without a box", len(supervised), stats.estimated, stats.seconds,
+                stats.cached, stats.kept_box, stats.no_box)
+    return {"estimated": stats.estimated, "cached": stats.cached, "kept_box": stats.kept_box,
+            "no_box": stats.no_box, "cpu_seconds": round(stats.seconds, 3)}
 
 
 def epoch_loader(
-    dataset: Dataset, config: TrainConfig, epoch: int, context: DistributedContext, pin_memory: bool
+    dataset: Dataset, config: TrainConfig, epoch: int, context: DistributedContext, pin_memory: bool,
+    collate_fn: Callable | None = None,
 ) -> DataLoader:
     """The training loader of one epoch (of this process's share of it under DDP).
 
@@ -120,7 +138,8 @@ def epoch_loader(
     A run resumed at an epoch boundary sees exactly the batches of an uninterrupted one.
 
     Worker seeds come from a generator seeded by ``(seed, epoch, rank)``: rank 0 matches a single
-    process, other ranks draw independent augmentation.
+    process, other ranks draw independent augmentation. ``collate_fn`` (e.g. a
+    :class:`~gainet.core.batch_transforms.CounterfactualCollate`) runs in the workers.
     """
     world_size = context.world_size
     supervised = sorted(getattr(dataset, "supervised", ()))
@@ -129,7 +148,7 @@ def epoch_loader(
                                               seed=config.seed, epoch=epoch, rank=context.rank, world_size=world_size)
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch + (context.rank << 40))
         return DataLoader(dataset, batch_sampler=batches, num_workers=config.num_workers, generator=generator,
-                          pin_memory=pin_memory, persistent_workers=False)
+                          pin_memory=pin_memory, persistent_workers=False, collate_fn=collate_fn)
     if config.batch_size % world_size:
         logger.warning("batch_size %d is not a multiple of the %d processes: each takes %d images, %d per step",
                        config.batch_size, world_size, max(1, config.batch_size // world_size),
@@ -141,7 +160,7 @@ def epoch_loader(
     per_process = max(1, config.batch_size // world_size)
     return DataLoader(
         dataset, batch_size=per_process, sampler=sampler, num_workers=config.num_workers,
-        drop_last=True, generator=generator, pin_memory=pin_memory, persistent_workers=False,
+        drop_last=True, generator=generator, pin_memory=pin_memory, persistent_workers=False, collate_fn=collate_fn,
     )
 
 

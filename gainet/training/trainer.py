@@ -20,9 +20,17 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gainet.core import GAIN, AdversarialGAIN, empty_target_pairs, guidance_losses
+from gainet.core import (
+    GAIN,
+    AdversarialGAIN,
+    CounterfactualCollate,
+    GuidanceBatch,
+    batch_transforms,
+    build_guides,
+    empty_target_pairs,
+    term_mean,
+)
 from gainet.data.errors import skip_summary
-from gainet.data.grabcut import grabcut_masks
 from gainet.evaluation.evaluate import evaluate_gain
 from gainet.models import attention_layer_name, build_classifier
 from gainet.progress import progress_bar
@@ -152,6 +160,12 @@ class Trainer:
             if self.context.enabled else self.gain
         )
         self.adversarial = isinstance(self.gain, AdversarialGAIN)
+        # Guidance: one small unit per mode; the counterfactual rows they read are built in the
+        # DataLoader workers (collate) and go through the one forward pass with the originals.
+        self.guides = build_guides(config.guidance_modes, context_target=config.context_target)
+        transforms = batch_transforms(self.guides, multi_label=self.multi_label, partners=config.swap_partners)
+        self.collate = CounterfactualCollate(transforms) if transforms else None
+        self.input_gradient = any(guide.input_gradient for guide in self.guides)
         attention_parameters = self.gain.attention_parameters() if self.adversarial else list(self.gain.parameters())
         self.optimizer = build_optimizer(config, [p for p in attention_parameters if p.requires_grad])
         self.scheduler = build_scheduler(config, self.optimizer)
@@ -311,17 +325,19 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         config = self.config
-        # Epoch-seeded RNG (augmentation, dropout): resuming at an epoch boundary is exact.
+        # Epoch-seeded RNG (augmentation, dropout, counterfactual draws in the main process; the
+        # workers' are seeded from the loader's generator): resuming at an epoch boundary is exact.
         torch.manual_seed(config.seed * 100_003 + epoch * 1_009 + self.context.rank)
         self.module.train()
         mine = config.method != "cam" and epoch >= config.warmup_epochs
-        modes = config.guidance_modes
-        use_masks = (config.method in SUPERVISED_METHODS or "l_e" in modes) and epoch >= config.warmup_epochs
-        guided = [m for m in modes if m != "l_e"]
-        # Own seeded stream for swap partners and fill grain: resuming at an epoch boundary is exact.
-        guidance_generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch * 1_009 + self.context.rank + 7)
+        # gain-ext's L_e follows its warm-up; --guidance l_e, like every guidance mode, runs from
+        # the first step (so l_e and context-swap are compared over the same epochs).
+        use_masks = ((config.method in SUPERVISED_METHODS and epoch >= config.warmup_epochs)
+                     or "l_e" in config.guidance_modes)
+        needs_masks = use_masks or bool(self.guides)
         skipped: dict[str, float] = {}
-        loader = epoch_loader(self.train_set, config, epoch, self.context, pin_memory=self.device.type == "cuda")
+        loader = epoch_loader(self.train_set, config, epoch, self.context, pin_memory=self.device.type == "cuda",
+                              collate_fn=self.collate)
         sums: dict[str, float] = {}
         steps = 0
         supervised_steps = 0  # L_e is averaged over the steps that had a supervised image only
@@ -329,51 +345,42 @@ class Trainer:
         bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs} {config.method}", leave=False,
                    enabled=config.progress and self.context.is_main, dynamic_ncols=True)
         for batch in bar:
-            images = batch["image"].to(self.device, non_blocking=True)
-            if config.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = batch["labels"].to(self.device, non_blocking=True)
-            masks = supervised = None
-            if use_masks or guided:
-                masks = batch["target_masks"].to(self.device, non_blocking=True)
-                supervised = batch["supervised"].to(self.device, non_blocking=True)
+            images, labels, masks, supervised, rows = self._batch_to_device(batch, needs_masks)
             with self._autocast():
                 output = self.module(images, labels, masks if use_masks else None, supervised if use_masks else None,
-                                     mine=mine)
-                paste_masks = None
-                # GrabCut needs no trained model, so unlike "attention" it applies from the first step.
-                if guided and config.swap_mask == "grabcut" and {"context-swap", "actdiff"} & set(guided):
-                    paste_masks, fallbacks = grabcut_masks(images, masks, supervised)
-                    skipped["grabcut_kept_box"] = skipped.get("grabcut_kept_box", 0.0) + fallbacks
-                swap_mask = config.swap_mask if config.swap_mask != "grabcut" else "mask"
-                guidance = guidance_losses(
-                    self.gain, images, labels, masks, supervised, guided, scores=output.scores,
-                    weights={m: config.guidance_weight for m in guided},
-                    swap_mask=swap_mask if epoch >= config.warmup_epochs else "mask", paste_masks=paste_masks,
-                    swap_partners=config.swap_partners,
-                    context_target=config.context_target, generator=guidance_generator,
-                ) if guided else None
-            loss = output.loss.float() if guidance is None else output.loss.float() + guidance.loss.float()
+                                     mine=mine, counterfactuals=rows.images if rows is not None and len(rows) else None)
+                terms = self._guide_terms(output, images, labels, masks, supervised, rows)
+            loss = output.loss.float()
             total = loss if output.loss_adversary is None else loss + output.loss_adversary.float()
-            if not torch.isfinite(total):
-                raise FloatingPointError(
-                    f"non-finite loss at epoch {epoch + 1} step {steps + 1}: L_cl={output.loss_cl.item():.4g} "
-                    f"L_am={output.loss_am.item():.4g} L_e={output.loss_e.item():.4g} (lower lr or check the data)"
-                )
             values = {"loss": loss.item(), "loss_cl": output.loss_cl.item(), "loss_am": output.loss_am.item(),
                       "loss_e": output.loss_e.item()}
             skipped_e += int(output.skipped_e)  # supervised pairs with an empty mask (e.g. cropped away)
-            if guidance is not None:
-                values.update({f"guide_{m.replace('-', '_')}": t.item() for m, t in guidance.terms.items()})
-                for key, count in guidance.counts.items():
-                    skipped[key] = skipped.get(key, 0.0) + count
             if output.loss_adversary is not None:
                 values["loss_adversary"] = output.loss_adversary.item()
                 values["loss_area"] = output.loss_area.item()
             supervised_step = use_masks and supervised is not None and bool(supervised.any())
-            if self.context.enabled and (mine or use_masks or self.adversarial):
-                total = total + self._global_batch_correction(output, supervised, masks, values)
+            guide_scales = [1.0] * len(terms)
+            if self.context.enabled and (mine or use_masks or self.adversarial or self.guides):
+                correction, guide_scales = self._global_batch_correction(
+                    output, supervised, masks, values, [term.count for term in terms.values()])
+                total = total + correction
                 supervised_step = values.pop("supervised_anywhere") > 0
+            for (name, term), scale in zip(terms.items(), guide_scales):
+                mean = term_mean(term, scale).float()
+                total = total + config.guidance_weight * mean
+                values["loss"] += config.guidance_weight * mean.item()
+                values[f"guide_{name.replace('-', '_')}"] = mean.item()
+            if not torch.isfinite(total):
+                raise FloatingPointError(
+                    f"non-finite loss at epoch {epoch + 1} step {steps + 1}: L_cl={output.loss_cl.item():.4g} "
+                    f"L_am={output.loss_am.item():.4g} L_e={output.loss_e.item():.4g} "
+                    + " ".join(f"{k}={v:.4g}" for k, v in values.items() if k.startswith("guide_"))
+                    + " (lower lr or check the data)"
+                )
+            if rows is not None:
+                for key, count in rows.counts.items():
+                    key = _ROW_COUNT_NAMES.get(key, key)
+                    skipped[key] = skipped.get(key, 0.0) + count
             optimizers = [o for o in (self.optimizer, self.adversary_optimizer) if o is not None]
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
@@ -411,8 +418,43 @@ class Trainer:
                         ", ".join(f"{k}={int(skipped[k])}" for k in ("empty_mask", "no_context", "no_partner") if skipped.get(k)))
         return means
 
+    def _batch_to_device(self, batch: dict[str, Any], needs_masks: bool):
+        """``(images, labels, masks, supervised, rows)`` of a loader batch on the training device;
+        ``images`` require grad where a guide needs input gradients (rrr)."""
+        images = batch["image"].to(self.device, non_blocking=True)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if self.input_gradient:
+            images.requires_grad_(True)
+        labels = batch["labels"].to(self.device, non_blocking=True)
+        masks = supervised = None
+        if needs_masks:
+            masks = batch["target_masks"].to(self.device, non_blocking=True)
+            supervised = batch["supervised"].to(self.device, non_blocking=True)
+        rows = batch.get("counterfactual")
+        if rows is not None:
+            rows = rows.to(self.device, non_blocking=True)
+            if self.config.channels_last:
+                rows.images = rows.images.contiguous(memory_format=torch.channels_last)
+        return images, labels, masks, supervised, rows
+
+    def _guide_terms(self, output: Any, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None,
+                     supervised: torch.Tensor | None, rows: Any) -> dict[str, Any]:
+        """Each guidance mode's :class:`~gainet.core.GuideTerm` from the step's one forward pass."""
+        if not self.guides:
+            return {}
+        if supervised is None:
+            supervised = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+        if rows is None:
+            from gainet.core import CounterfactualRows
+
+            rows = CounterfactualRows.empty(images.detach(), labels.shape[1])
+        batch = GuidanceBatch(images, output.all_scores, output.features, labels, masks, supervised.bool(), rows,
+                              self.multi_label)
+        return {guide.name: guide(batch) for guide in self.guides}
+
     def _global_batch_correction(self, output: Any, supervised: torch.Tensor | None, masks: torch.Tensor | None,
-                                 values: dict[str, float]) -> torch.Tensor:
+                                 values: dict[str, float], guide_counts: list[float]) -> tuple[torch.Tensor, list[float]]:
         """DDP only: the term that turns this rank's loss into its share of the global-batch loss.
 
         L_am (mean over the images with a label), L_e (mean over the supervised images), the
@@ -422,7 +464,9 @@ class Trainer:
         with 1 supervised image on one rank and 0 on the other would get half its weight). Each
         term is rescaled by ``W n_r / N`` (:meth:`DistributedContext.global_mean_scales`); the
         logged ``values`` are rescaled too, so their mean over ranks is the global-batch mean.
-        L_cl is a mean over the equal per-rank batches and needs nothing.
+        L_cl is a mean over the equal per-rank batches and needs nothing. The guidance terms'
+        scales (``W n_r / N`` of each term's item count) come from the same all_reduce and are
+        returned for the caller: every rank makes this one collective every step, whatever its data.
         """
         gain = self.gain
         images = torch.unique(output.pairs[:, 0])
@@ -435,7 +479,8 @@ class Trainer:
             n_e = int(torch.unique(image_index[kept]).numel())
         n_maps = output.pairs.shape[0] if output.attention is not None else 0
         rows = output.scores.shape[0] + (output.pairs.shape[0] if output.erased is not None else 0)
-        s_am, s_e, s_area, s_adv = self.context.global_mean_scales([n_am, n_e, n_maps, rows], self.device)
+        scales = self.context.global_mean_scales([n_am, n_e, n_maps, rows, *guide_counts], self.device)
+        s_am, s_e, s_area, s_adv = scales[:4]
         # Some rank had a supervised image: here (n_e > 0), or elsewhere (then this rank's scale is 0).
         values["supervised_anywhere"] = float(n_e > 0 or s_e == 0.0)
         correction = (s_am - 1.0) * gain.alpha * output.loss_am.float() + (s_e - 1.0) * gain.omega_e * output.loss_e.float()
@@ -449,7 +494,7 @@ class Trainer:
             values["loss"] += (s_area - 1.0) * area_weight * values["loss_area"]
             values["loss_area"] *= s_area
             values["loss_adversary"] *= s_adv
-        return correction
+        return correction, scales[4:]
 
     def evaluate(self) -> dict[str, Any]:
         """Validation metrics (rank 0 evaluates the whole split; other ranks wait)."""
@@ -541,8 +586,15 @@ class Trainer:
                 logger.info("epoch %d: %s", epoch + 1, _summary(row))
         if self.context.is_main:
             final_record = {**self.final, "train_skipped_files": skip_summary(self.train_set)["first"]}
+            if getattr(self.train_set, "paste_mask_stats", None):
+                final_record["grabcut"] = self.train_set.paste_mask_stats
             write_text_atomic(self.output_dir / "final.json", json.dumps(_jsonable(final_record), indent=2))
         return self.final
+
+
+# Logged names of the counterfactual row counts (guidance/<name> in metrics.csv).
+_ROW_COUNT_NAMES = {"rows/context-swap": "swaps", "rows/context-only": "context_images",
+                    "rows/counterpart": "counterparts"}
 
 
 def _score_of(row: dict[str, Any]) -> float | None:
