@@ -1,15 +1,25 @@
 #!/usr/bin/env python
-"""Cost of one training step with each guidance mode relative to the plain classifier (cam).
+"""Cost of a guided training step relative to the plain classifier (cam), on the new engine.
 
-One full step (zero_grad -> GAIN forward -> guidance_losses -> backward -> optimizer step) on
-the bias study's setting: small-cnn width 16 (``--model efficientnet-lite0`` for the pretrained
-study), 64 px images, batch 32 of which ``--supervised`` carry a box (the study's 8 = share 0.25).
-The bias world's first training images with their labels and boxes. ``context-swap/grabcut``
-includes GrabCut inside the boxes (``--swap-mask grabcut``; needs OpenCV). Configurations are interleaved in a rotating order over ``--rounds`` rounds after
-warm-up; the median per configuration is reported, divided by cam's median (robust to the load
-of a shared machine, as long as it does not change faster than a round).
+Counterfactual rows are built by the batch transforms (:mod:`gainet.core.batch_transforms`) in
+the DataLoader workers and appended to the batch; the training process runs ONE forward and
+backward over originals + rows. Reported per mode, for each ``--model`` and ``--image-size``:
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/guidance_cost.py
+- ``step ms``: the training process's step (zero_grad -> one forward over B + S rows -> the
+  guides -> backward -> AdamW), median over ``--rounds`` interleaved rounds after ``--warmup``;
+- ``x cam``: that median over cam's;
+- ``rows``: the counterfactual rows S appended to the B images;
+- ``build ms``: building those rows (what a worker spends per batch, off the training process;
+  on a machine whose workers share the training cores it adds to the epoch);
+- ``epoch x cam``: (step + build) / cam's step, the cost of an epoch if the workers had no core
+  of their own (the pessimistic reading for a 2-core machine).
+
+GrabCut (``context-swap/grabcut``) runs once per supervised image when the data is set up
+(:func:`gainet.data.grabcut.estimate_paste_masks`); its one-time cost per image is printed apart.
+The batch: the bias world's first ``--batch-size`` training images rendered at the image size
+with their boxes, ``--supervised`` of them supervised (the issue's setting: 16 and 4).
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/guidance_cost.py --model efficientnet-lite0 --image-size 224
 """
 
 from __future__ import annotations
@@ -20,68 +30,115 @@ import time
 
 import torch
 
-from gainet.core import GAIN, guidance_losses
+from gainet.core import GAIN, CounterfactualRows, GuidanceBatch, batch_transforms, build_guides
 from gainet.data import build_dataset
 from gainet.models import build_classifier
 
-MODES = ("cam", "upweight", "l_e", "context-only", "context-swap", "context-swap/grabcut", "actdiff", "rrr")
+# mode -> (guidance modes, paste masks from GrabCut)
+MODES = {
+    "cam": ("", False),
+    "context-swap": ("context-swap", False),
+    "context-swap/grabcut": ("context-swap", True),
+    "context-only": ("context-only", False),
+    "context-swap/grabcut + context-only": ("context-swap,context-only", True),
+    "actdiff": ("actdiff", False),
+    "rrr": ("rrr", False),
+}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--supervised", type=int, default=8)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--model", default="small-cnn", help="small-cnn or efficientnet-lite0 (same cost untrained)")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def measure(model_name: str, size: int, args: argparse.Namespace) -> None:
     torch.manual_seed(0)
-    b, c, s = args.batch_size, 4, args.image_size
-    model = build_classifier(args.model, c, **({"width": args.width} if args.model == "small-cnn" else {}))
-    gain = GAIN(model, multi_label=False, probe_size=s).train()
-    optimizer = torch.optim.AdamW(gain.parameters(), lr=1e-4)
-    world = build_dataset("bias", "train", image_size=s, train_transforms=False)
+    b, c = args.batch_size, 4
+    options = {"width": args.width} if model_name == "small-cnn" else {}
+    gain = GAIN(build_classifier(model_name, c, **options), multi_label=False, probe_size=size).train()
+    optimizer = torch.optim.AdamW(gain.parameters(), lr=1e-5)
+    world = build_dataset("bias", "train", image_size=size, train_transforms=False, num_images=b)
+    supervised_index = list(range(args.supervised))
+    grabcut_seconds = None
+    if any(grabcut for _, grabcut in MODES.values()):
+        from gainet.data.grabcut import attach_paste_masks, estimate_paste_masks
+
+        started = time.process_time()
+        masks, stats = estimate_paste_masks(world, supervised_index, cache_dir="")
+        grabcut_seconds = (time.process_time() - started) / max(1, len(supervised_index))
+        attach_paste_masks(world, masks)
     samples = [world[i] for i in range(b)]
     images = torch.stack([x["image"] for x in samples])
     labels = torch.stack([x["labels"] for x in samples])
     supervised = torch.zeros(b, dtype=torch.bool)
-    supervised[: args.supervised] = True
-    masks = torch.stack([x["box_masks"] for x in samples]) * supervised[:, None, None, None]
-    generator = torch.Generator().manual_seed(0)
+    supervised[supervised_index] = True
+    boxes = torch.stack([x["box_masks"] for x in samples])
+    paste = torch.stack([x["paste_mask"] for x in samples]) if grabcut_seconds is not None else None
 
-    def step(mode: str) -> None:
+    plans = {}
+    for mode, (guidance, grabcut) in MODES.items():
+        guides = build_guides(guidance)
+        transforms = batch_transforms(guides, multi_label=False)
+        plans[mode] = (guides, transforms, paste if grabcut else None)
+
+    def build(mode: str) -> CounterfactualRows:
+        guides, transforms, paste_masks = plans[mode]
+        if not transforms:
+            return CounterfactualRows.empty(images, c)
+        return transforms(images, labels, boxes, supervised, paste_masks)
+
+    def step(mode: str, rows: CounterfactualRows) -> None:
+        guides = plans[mode][0]
         optimizer.zero_grad(set_to_none=True)
-        use_masks = mode == "l_e"
-        out = gain(images, labels, masks if use_masks else None, supervised if use_masks else None, mine=False)
+        inputs = images.clone().requires_grad_(any(g.input_gradient for g in guides))
+        out = gain(inputs, labels, mine=False, counterfactuals=rows.images if len(rows) else None)
         loss = out.loss
-        if mode not in ("cam", "l_e"):
-            name, _, variant = mode.partition("/")
-            paste = grabcut_masks(images, masks, supervised)[0] if variant == "grabcut" else None
-            loss = loss + guidance_losses(gain, images, labels, masks, supervised, [name], scores=out.scores,
-                                          paste_masks=paste, generator=generator).loss
+        batch = GuidanceBatch(inputs, out.all_scores, out.features, labels, boxes, supervised, rows, False)
+        for guide in guides:
+            loss = loss + guide(batch).mean()
         loss.backward()
         optimizer.step()
 
-    from gainet.data.grabcut import grabcut_masks
-
-    times: dict[str, list[float]] = {m: [] for m in MODES}
+    steps: dict[str, list[float]] = {m: [] for m in MODES}
+    builds: dict[str, list[float]] = {m: [] for m in MODES}
+    sizes: dict[str, int] = {}
+    names = list(MODES)
     for r in range(args.warmup + args.rounds):
-        order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
-        for mode in order:
+        for mode in names[r % len(names):] + names[:r % len(names)]:
             started = time.perf_counter()
-            step(mode)
+            rows = build(mode)
+            built = time.perf_counter()
+            step(mode, rows)
+            done = time.perf_counter()
+            sizes[mode] = len(rows)
             if r >= args.warmup:
-                times[mode].append(time.perf_counter() - started)
-    base = statistics.median(times["cam"])
-    print(f"| mode | ms per step (median of {args.rounds}) | x cam |")
-    print("|---|---:|---:|")
+                builds[mode].append(built - started)
+                steps[mode].append(done - built)
+    base = statistics.median(steps["cam"])
+    print(f"\n{model_name}, {size} px, batch {b} with {args.supervised} supervised ({args.rounds} rounds, "
+          f"{torch.get_num_threads()} thread(s))")
+    print("| mode | rows | step ms | x cam | build ms | epoch x cam |")
+    print("|---|---:|---:|---:|---:|---:|")
     for mode in MODES:
-        median = statistics.median(times[mode])
-        print(f"| {mode} | {1000 * median:.1f} | {median / base:.2f} |")
+        step_ms, build_ms = 1000 * statistics.median(steps[mode]), 1000 * statistics.median(builds[mode])
+        print(f"| {mode} | {sizes[mode]} | {step_ms:.0f} | {step_ms / (1000 * base):.2f} | {build_ms:.1f} | "
+              f"{(step_ms + build_ms) / (1000 * base):.2f} |")
+    if grabcut_seconds is not None:
+        print(f"GrabCut once per supervised image at set-up: {1000 * grabcut_seconds:.0f} CPU-ms per image "
+              f"(at {size} px)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", nargs="+", default=["efficientnet-lite0"],
+                        help="small-cnn, efficientnet-lite0, resnet50, ... (untrained: same cost as pretrained)")
+    parser.add_argument("--image-size", type=int, nargs="+", default=[64, 224])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--supervised", type=int, default=4)
+    parser.add_argument("--width", type=int, default=16, help="small-cnn width")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for model_name in args.model:
+        for size in args.image_size:
+            measure(model_name, size, args)
 
 
 if __name__ == "__main__":
