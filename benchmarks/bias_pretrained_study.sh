@@ -1,28 +1,39 @@
 #!/usr/bin/env bash
-# Issue 13's study with a pretrained backbone (docs/bias_study.md, step 4), one seed per call:
-#   benchmarks/bias_pretrained_study.sh SEED        (seeds 0, 1, 2 as parallel processes)
-# then one table: python benchmarks/combine_bias_studies.py runs/bias-pre-masks runs/bias-pre-boxes
-#   runs/bias-pre-grabcut --label ...
-# The bias world made harder to read by shape than by context (object_size, bias_p), chosen from
-# the plain classifiers alone. Resumable: finished runs are cached in each output directory.
+# The pretrained bias studies on the guidance-as-data engine (docs/bias_study.md, steps 4 and 5),
+# one seed per call:
+#   benchmarks/bias_pretrained_study.sh SEED [bias|garments]     (seeds 0, 1, 2 as parallel processes)
+# then one table per world: python benchmarks/combine_bias_studies.py $OUT-pre-masks $OUT-pre-boxes ...
+# bias: the bias world made harder to read by shape than by context (object_size, bias_p), chosen
+# from the plain classifiers alone (step 4). garments: garments-bias at its defaults (step 5).
+# Every guided mode, l_e included, runs from the first step over the same 4 epochs.
+# Resumable: finished runs are cached in each output directory.
 set -eu
 SEED=$1
+WORLD=${2:-bias}
 GAINET=${GAINET:-gainet}
-COMMON=(--first-seed "$SEED" --seeds 1 --epochs 4 --no-gain --threads 1 --no-progress
-        --dataset-options '{object_size: [0.07, 0.1], bias_p: 0.99}')
+OUT=${OUT:-runs/bias18}
 LITE0="model=efficientnet-lite0,pretrained=imagenet,lr=0.001"
+COMMON=(--first-seed "$SEED" --seeds 1 --epochs 4 --no-gain --threads 1 --no-progress)
+if [ "$WORLD" = bias ]; then
+    COMMON+=(--dataset-options '{object_size: [0.07, 0.1], bias_p: 0.99}')
+    PREFIX=$OUT-pre
+    MASKS=(--supervised-count 1% 5% --guidance context-swap upweight)
+else
+    COMMON+=(--dataset garments-bias)
+    PREFIX=$OUT-garments
+    MASKS=(--supervised-count 1% --guidance context-swap)
+fi
 export OMP_NUM_THREADS=1
-"$GAINET" bias-study "${COMMON[@]}" --supervised-count 1% 5% --supervision masks --guidance context-swap upweight \
-    --options "$LITE0" --output-dir runs/bias-pre-masks
+"$GAINET" bias-study "${COMMON[@]}" --supervision masks "${MASKS[@]}" --options "$LITE0" --output-dir "$PREFIX-masks"
 # The box studies share the reference and cam runs (the cache ignores the supervision kind of
 # unsupervised runs): copy them instead of training them again.
-for study in bias-pre-boxes bias-pre-grabcut; do
-    mkdir -p "runs/$study/runs/seed$SEED"
+for study in boxes grabcut; do
+    mkdir -p "$PREFIX-$study/runs/seed$SEED"
     for run in reference cam; do
-        [ -e "runs/$study/runs/seed$SEED/$run" ] || cp -r "runs/bias-pre-masks/runs/seed$SEED/$run" "runs/$study/runs/seed$SEED/$run"
+        [ -e "$PREFIX-$study/runs/seed$SEED/$run" ] || cp -r "$PREFIX-masks/runs/seed$SEED/$run" "$PREFIX-$study/runs/seed$SEED/$run"
     done
 done
-"$GAINET" bias-study "${COMMON[@]}" --supervised-count 5% --guidance context-swap l_e --options "$LITE0" \
-    --output-dir runs/bias-pre-boxes
-"$GAINET" bias-study "${COMMON[@]}" --supervised-count 5% --guidance context-swap --options "$LITE0,swap_mask=grabcut" \
-    --output-dir runs/bias-pre-grabcut
+"$GAINET" bias-study "${COMMON[@]}" --supervised-count 5% --guidance context-swap l_e upweight --options "$LITE0" \
+    --output-dir "$PREFIX-boxes"
+"$GAINET" bias-study "${COMMON[@]}" --supervised-count 5% --guidance context-swap context-swap,context-only \
+    --options "$LITE0,swap_mask=grabcut" --output-dir "$PREFIX-grabcut"

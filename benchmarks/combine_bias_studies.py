@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"{folder}: its {entry['run']} run differs from the first folder's")
                 continue
             labelled = f"{entry['run']} ({name})"
-            columns.append(dict(entry, run=labelled, label=labelled))
+            # Studies written before runs recorded these: the study's own settings.
+            supervision = entry.get("supervision") or results["config"].get("supervision", "boxes")
+            swap_mask = entry.get("swap_mask") or results["config"].get("swap_mask", "mask")
+            columns.append(dict(entry, run=labelled, label=labelled, supervision=supervision, swap_mask=swap_mask))
     # The study's own report: same layout, target check and recommendation as `gainet bias-study`.
     summary = [baselines[run] for run in BASELINES if run in baselines] + columns
     target = target_check(summary, train_size)

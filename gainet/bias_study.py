@@ -301,7 +301,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     summary = []
     for name in order:
         group = [r for r in rows if r["run"] == name]
-        entry = {k: group[0].get(k, "") for k in ("run", "method", "supervised", "train_split", "guidance")}
+        entry = {k: group[0].get(k, "") for k in ("run", "method", "supervised", "train_split", "guidance",
+                                                  "supervision", "swap_mask")}
         entry["seeds"] = len(group)
         for metric in METRICS:
             entry[metric], entry[f"{metric}_std"] = _mean_std([r.get(metric, math.nan) for r in group])
@@ -333,15 +334,17 @@ def _column_name(entry: dict[str, Any], train_size: int) -> str:
     return f"GAIN_ext N={n} ({100.0 * n / train_size:.0f}%)"
 
 
-def target_check(summary: list[dict[str, Any]], train_size: int) -> dict[str, Any] | None:
-    """GAIN_ext at 5% of the training images vs. ``TARGET_SHARE`` x the reference (decorrelated)."""
+def target_check(summary: list[dict[str, Any]], train_size: int, supervision: str = "boxes") -> dict[str, Any] | None:
+    """GAIN_ext at 5% of the training images vs. ``TARGET_SHARE`` x the reference (decorrelated),
+    and the guided runs at their target's N: boxes on 5%, masks on 1% (a run's own
+    ``supervision``, else ``supervision``); a masks run on 5% meets neither."""
     reference = next((e for e in summary if e["run"] == "reference"), None)
     wanted = round(TARGET_FRACTION * train_size)
     ext = next((e for e in summary if e["method"] == "gain-ext" and e["supervised"] == wanted
                 and not e.get("guidance")), None)
-    # Issue 13: boxes on 5% of the images, and masks on 1%: guided runs at either N are checked.
-    checked = {wanted, round(TARGET_FRACTION_MASKS * train_size)}
-    guided = [e for e in summary if e.get("guidance") and e["supervised"] in checked]
+    targets = {"boxes": wanted, "masks": round(TARGET_FRACTION_MASKS * train_size)}
+    guided = [e for e in summary if e.get("guidance")
+              and e["supervised"] == targets.get(e.get("supervision") or supervision)]
     if reference is None or (ext is None and not guided):
         return None
     target: dict[str, Any] = {"supervised": wanted, "reference_decorrelated": reference["decorrelated_accuracy"],
@@ -365,6 +368,7 @@ def target_check(summary: list[dict[str, Any]], train_size: int) -> dict[str, An
             drop = cam["biased_accuracy"] - entry["biased_accuracy"]
             target["guided"].append({
                 "run": entry["run"], "guidance": entry["guidance"], "supervised": entry["supervised"],
+                "supervision": entry.get("supervision") or supervision, "swap_mask": entry.get("swap_mask") or "mask",
                 "decorrelated": entry["decorrelated_accuracy"], "ratio": ratio,
                 "biased": entry["biased_accuracy"], "cam_biased": cam["biased_accuracy"], "biased_drop": drop,
                 "met": bool(ratio >= TARGET_SHARE and drop <= TARGET_BIASED_DROP),
@@ -375,11 +379,15 @@ def target_check(summary: list[dict[str, Any]], train_size: int) -> dict[str, An
 # Cost per training step relative to cam, cheapest first (benchmarks/guidance_cost.py; docs/bias_study.md):
 # the order in which a mode that met the target is recommended.
 COST_ORDER = ("upweight", "l_e", "context-swap", "context-only", "actdiff", "rrr")
+# What a swap pastes, cheapest first: the box or mask itself, or GrabCut inside the box (a
+# one-time estimate per annotated image).
+SWAP_MASK_ORDER = ("mask", "grabcut")
 
 
 def recommend(target: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The cheapest guided run that met issue 13's target (fewest modes, then :data:`COST_ORDER`
-    of its costliest mode); ``None`` where none did or where cam alone meets it (nothing to fix)."""
+    """The cheapest guided run that met the target: fewest annotated images first (annotation is
+    the user's cost), then fewest modes, then :data:`COST_ORDER` of its costliest mode, then
+    :data:`SWAP_MASK_ORDER`; ``None`` where none did or where cam alone meets it (nothing to fix)."""
     from gainet.core.guidance import parse_guidance
 
     if not target or target.get("cam_meets"):
@@ -388,10 +396,12 @@ def recommend(target: dict[str, Any] | None) -> dict[str, Any] | None:
     if not met:
         return None
 
-    def cost(check: dict[str, Any]) -> tuple[int, int]:
+    def cost(check: dict[str, Any]) -> tuple[int, int, int, int]:
         modes = parse_guidance(check["guidance"])
         ranks = [COST_ORDER.index(m) if m in COST_ORDER else len(COST_ORDER) for m in modes]
-        return len(modes), max(ranks)
+        mask = check.get("swap_mask") or "mask"
+        mask_rank = SWAP_MASK_ORDER.index(mask) if mask in SWAP_MASK_ORDER else len(SWAP_MASK_ORDER)
+        return check["supervised"], len(modes), max(ranks), mask_rank
 
     return min(met, key=cost)
 
@@ -568,6 +578,8 @@ def run_bias_study(
             result = train_and_evaluate(config, test_sets, context_sets)
             row = {"run": run["run"], "method": run["method"], "supervised": run["supervised"] or 0,
                    "guidance": run.get("guidance", ""),
+                   "supervision": config.supervision if run["supervised"] else "",
+                   "swap_mask": config.swap_mask if run.get("guidance") else "",
                    "train_split": config.train_split, "seed": seed, "train_seconds": result["train_seconds"],
                    **_flat(result, biased_split, decorrelated_split, next(iter(context_sets), None))}
             rows.append(row)
@@ -575,7 +587,7 @@ def run_bias_study(
                   f"conflict {row['conflict_accuracy']:.3f} context {row['context_rate']:.3f} "
                   f"box energy {row['decorrelated_box_energy']:.3f} ({result['train_seconds']:.0f} s)", flush=True)
     summary = summarise(rows)
-    target = target_check(summary, train_size)
+    target = target_check(summary, train_size, base.supervision)
     table = markdown_report(summary, train_size, target, seed_list, kind=base.supervision)
     (output / "table.md").write_text("# Bias study\n\n" + table)
     num_classes = len(getattr(test_sets[decorrelated_split], "classes", []))

@@ -221,3 +221,33 @@ def test_recommend_picks_the_cheapest_mode_that_met_the_target() -> None:
     missed = [entry("reference", 0.98), entry("cam", 0.40), entry("upweight-5", 0.45, "upweight", 5)]
     assert recommend(target_check(missed, 100)) is None
     assert "none is recommended" in markdown_report(missed, 100, target_check(missed, 100), [0])
+
+
+def test_the_target_is_boxes_on_5_percent_or_masks_on_1_percent_and_the_cheapest_setting_is_recommended() -> None:
+    def entry(run: str, decorrelated: float, guidance: str = "", supervised: int = 0, supervision: str = "",
+              swap_mask: str = "", biased: float = 0.99) -> dict:
+        return {"run": run, "method": "cam", "guidance": guidance, "supervised": supervised, "seeds": 1,
+                "supervision": supervision, "swap_mask": swap_mask,
+                "decorrelated_accuracy": decorrelated, "biased_accuracy": biased}
+
+    base = [entry("reference", 0.98), entry("cam", 0.40)]
+    # Masks on 5% is neither target (boxes on 5%, masks on 1%): not checked, never met.
+    masks_at_5 = base + [entry("context-swap-5 (masks)", 0.95, "context-swap", 5, "masks")]
+    assert target_check(masks_at_5, 100) is None
+    summary = base + [
+        entry("context-swap-5 (boxes, GrabCut)", 0.95, "context-swap", 5, "boxes", "grabcut"),
+        entry("context-swap-5 (boxes, crop)", 0.93, "context-swap", 5, "boxes", "mask"),
+        entry("context-swap-1 (masks)", 0.92, "context-swap", 1, "masks", "mask"),
+        entry("context-swap-1 (boxes)", 0.99, "context-swap", 1, "boxes", "mask"),  # boxes on 1%: no target
+    ]
+    target = target_check(summary, 100)
+    assert [c["run"] for c in target["guided"]] == ["context-swap-5 (boxes, GrabCut)", "context-swap-5 (boxes, crop)",
+                                                   "context-swap-1 (masks)"]
+    assert all(c["met"] for c in target["guided"])
+    # Fewest annotated images first, then (at equal N and modes) the box crop before GrabCut.
+    assert recommend(target)["run"] == "context-swap-1 (masks)"
+    boxes_only = target_check(summary[:4], 100)
+    assert recommend(boxes_only)["run"] == "context-swap-5 (boxes, crop)"
+    # A run without its own supervision kind takes the study's.
+    assert target_check(base + [entry("context-swap-1", 0.95, "context-swap", 1)], 100, "masks")["guided"][0]["met"]
+    assert target_check(base + [entry("context-swap-1", 0.95, "context-swap", 1)], 100, "boxes") is None

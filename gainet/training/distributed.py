@@ -109,9 +109,10 @@ class _SumOverRanks(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad, None
+        # The backward is itself a differentiable sum over ranks: a loss that differentiates a
+        # gradient (rrr's input-gradient penalty, create_graph) then gets the other ranks' terms
+        # in its second-order pass too, with the same collectives on every rank.
+        return _SumOverRanks.apply(grad, ctx.group), None
 
 
 class DistributedBatchNorm(_BatchNorm):
