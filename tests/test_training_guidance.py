@@ -134,3 +134,20 @@ def test_grabcut_runs_once_per_image_is_cached_and_moves_with_the_augmentation(t
         tiny(tmp_path, swap_mask="attention")
     with pytest.raises(ValueError, match="swap_partners"):
         tiny(tmp_path, swap_partners=0)
+
+
+def test_one_supervised_image_at_32_px_into_resnet18_trains(tmp_path: Path) -> None:
+    """Issue 18: the separate guidance forward normalised 1-2 images and raised "Expected more than
+    1 value per channel when training" where the feature map is 1x1; the rows now share the batch."""
+    single = tiny(tmp_path, model="resnet18", guidance="context-only", supervised_count=1, supervised_share=0.25,
+                  epochs=1, warmup_epochs=0, output_dir=str(tmp_path / "single"))
+    train(single)  # one context-only image per batch: the case that raised
+    assert float(_rows(single)[0]["guidance/context_images"]) == 3
+    config = tiny(tmp_path, model="resnet18", guidance="context-swap,context-only,actdiff,rrr", supervised_count=1,
+                  supervised_share=0.25, epochs=1, warmup_epochs=0)
+    train(config)
+    row = _rows(config)[0]
+    assert float(row["guidance/context_images"]) == 3 and float(row["guidance/counterparts"]) == 3
+    for name in ("context_only", "actdiff", "rrr"):
+        value = float(row[f"train/guide_{name}"])
+        assert value == value and value > 0, name
