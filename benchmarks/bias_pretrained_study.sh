@@ -18,10 +18,12 @@ if [ "$WORLD" = bias ]; then
     COMMON+=(--dataset-options '{object_size: [0.07, 0.1], bias_p: 0.99}')
     PREFIX=$OUT-pre
     MASKS=(--supervised-count 1% 5% --guidance context-swap upweight)
+    GRABCUT=(context-swap context-swap,context-only)
 else
     COMMON+=(--dataset garments-bias)
     PREFIX=$OUT-garments
     MASKS=(--supervised-count 1% --guidance context-swap)
+    GRABCUT=(context-swap)
 fi
 export OMP_NUM_THREADS=1
 "$GAINET" bias-study "${COMMON[@]}" --supervision masks "${MASKS[@]}" --options "$LITE0" --output-dir "$PREFIX-masks"
@@ -35,5 +37,5 @@ for study in boxes grabcut; do
 done
 "$GAINET" bias-study "${COMMON[@]}" --supervised-count 5% --guidance context-swap l_e upweight --options "$LITE0" \
     --output-dir "$PREFIX-boxes"
-"$GAINET" bias-study "${COMMON[@]}" --supervised-count 5% --guidance context-swap context-swap,context-only \
+"$GAINET" bias-study "${COMMON[@]}" --supervised-count 5% --guidance "${GRABCUT[@]}" \
     --options "$LITE0,swap_mask=grabcut" --output-dir "$PREFIX-grabcut"
