@@ -24,6 +24,7 @@ from gainet.core import (
     GAIN,
     AdversarialGAIN,
     CounterfactualCollate,
+    CounterfactualRows,
     GuidanceBatch,
     batch_transforms,
     build_guides,
@@ -446,8 +447,6 @@ class Trainer:
         if supervised is None:
             supervised = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
         if rows is None:
-            from gainet.core import CounterfactualRows
-
             rows = CounterfactualRows.empty(images.detach(), labels.shape[1])
         batch = GuidanceBatch(images, output.all_scores, output.features, labels, masks, supervised.bool(), rows,
                               self.multi_label)
