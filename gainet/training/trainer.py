@@ -346,42 +346,15 @@ class Trainer:
         bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs} {config.method}", leave=False,
                    enabled=config.progress and self.context.is_main, dynamic_ncols=True)
         for batch in bar:
-            images, labels, masks, supervised, rows = self._batch_to_device(batch, needs_masks)
-            with self._autocast():
-                output = self.module(images, labels, masks if use_masks else None, supervised if use_masks else None,
-                                     mine=mine, counterfactuals=rows.images if rows is not None and len(rows) else None)
-                terms = self._guide_terms(output, images, labels, masks, supervised, rows)
-            loss = output.loss.float()
-            total = loss if output.loss_adversary is None else loss + output.loss_adversary.float()
-            values = {"loss": loss.item(), "loss_cl": output.loss_cl.item(), "loss_am": output.loss_am.item(),
-                      "loss_e": output.loss_e.item()}
-            skipped_e += int(output.skipped_e)  # supervised pairs with an empty mask (e.g. cropped away)
-            if output.loss_adversary is not None:
-                values["loss_adversary"] = output.loss_adversary.item()
-                values["loss_area"] = output.loss_area.item()
-            supervised_step = use_masks and supervised is not None and bool(supervised.any())
-            guide_scales = [1.0] * len(terms)
-            if self.context.enabled and (mine or use_masks or self.adversarial or self.guides):
-                correction, guide_scales = self._global_batch_correction(
-                    output, supervised, masks, values, [term.count for term in terms.values()])
-                total = total + correction
-                supervised_step = values.pop("supervised_anywhere") > 0
-            for (name, term), scale in zip(terms.items(), guide_scales):
-                mean = term_mean(term, scale).float()
-                total = total + config.guidance_weight * mean
-                values["loss"] += config.guidance_weight * mean.item()
-                values[f"guide_{name.replace('-', '_')}"] = mean.item()
+            total, values, supervised_step, counts, skipped_pairs = self._step_loss(batch, mine, use_masks, needs_masks)
             if not torch.isfinite(total):
                 raise FloatingPointError(
-                    f"non-finite loss at epoch {epoch + 1} step {steps + 1}: L_cl={output.loss_cl.item():.4g} "
-                    f"L_am={output.loss_am.item():.4g} L_e={output.loss_e.item():.4g} "
-                    + " ".join(f"{k}={v:.4g}" for k, v in values.items() if k.startswith("guide_"))
-                    + " (lower lr or check the data)"
+                    f"non-finite loss at epoch {epoch + 1} step {steps + 1}: "
+                    + " ".join(f"{k}={v:.4g}" for k, v in values.items()) + " (lower lr or check the data)"
                 )
-            if rows is not None:
-                for key, count in rows.counts.items():
-                    key = _ROW_COUNT_NAMES.get(key, key)
-                    skipped[key] = skipped.get(key, 0.0) + count
+            skipped_e += skipped_pairs  # supervised pairs with an empty mask (e.g. cropped away)
+            for key, count in counts.items():
+                skipped[key] = skipped.get(key, 0.0) + count
             optimizers = [o for o in (self.optimizer, self.adversary_optimizer) if o is not None]
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
@@ -418,6 +391,42 @@ class Trainer:
             logger.info("epoch %d guidance skipped: %s", epoch + 1,
                         ", ".join(f"{k}={int(skipped[k])}" for k in ("empty_mask", "no_context", "no_partner") if skipped.get(k)))
         return means
+
+    def _step_loss(self, batch: dict[str, Any], mine: bool, use_masks: bool, needs_masks: bool):
+        """Batch in, loss out: GAIN's streams and every guidance term from one forward pass over the
+        batch and its counterfactual rows, as this rank's share of the global-batch loss.
+
+        Returns ``(total, values, supervised_step, counts, skipped_e)``: the loss to back-propagate
+        (the adversary's included), the logged values (global-batch means under DDP), whether some
+        rank had a supervised image (for L_e's average), the rows' counts, and L_e's skipped pairs.
+        """
+        images, labels, masks, supervised, rows = self._batch_to_device(batch, needs_masks)
+        with self._autocast():
+            output = self.module(images, labels, masks if use_masks else None, supervised if use_masks else None,
+                                 mine=mine, counterfactuals=rows.images if rows is not None and len(rows) else None)
+            terms = self._guide_terms(output, images, labels, masks, supervised, rows)
+        loss = output.loss.float()
+        total = loss if output.loss_adversary is None else loss + output.loss_adversary.float()
+        values = {"loss": loss.item(), "loss_cl": output.loss_cl.item(), "loss_am": output.loss_am.item(),
+                  "loss_e": output.loss_e.item()}
+        if output.loss_adversary is not None:
+            values["loss_adversary"] = output.loss_adversary.item()
+            values["loss_area"] = output.loss_area.item()
+        supervised_step = use_masks and supervised is not None and bool(supervised.any())
+        guide_scales = [1.0] * len(terms)
+        # The same collective on every rank, every step, whatever its data (config decides).
+        if self.context.enabled and (mine or use_masks or self.adversarial or self.guides):
+            correction, guide_scales = self._global_batch_correction(
+                output, supervised, masks, values, [term.count for term in terms.values()])
+            total = total + correction
+            supervised_step = values.pop("supervised_anywhere") > 0
+        for (name, term), scale in zip(terms.items(), guide_scales):
+            mean = term_mean(term, scale).float()
+            total = total + self.config.guidance_weight * mean
+            values["loss"] += self.config.guidance_weight * mean.item()
+            values[f"guide_{name.replace('-', '_')}"] = mean.item()
+        counts = {_ROW_COUNT_NAMES.get(k, k): float(v) for k, v in rows.counts.items()} if rows is not None else {}
+        return total, values, supervised_step, counts, int(output.skipped_e)
 
     def _batch_to_device(self, batch: dict[str, Any], needs_masks: bool):
         """``(images, labels, masks, supervised, rows)`` of a loader batch on the training device;
