@@ -2,6 +2,7 @@
 # The pretrained bias studies on the guidance-as-data engine (docs/bias_study.md, steps 4 and 5),
 # one seed per call:
 #   benchmarks/bias_pretrained_study.sh SEED [bias|garments]     (seeds 0, 1, 2 as parallel processes)
+#   benchmarks/bias_pretrained_study.sh gather [bias|garments]   (then: the 3-seed tables, from the cache)
 # then one table per world: python benchmarks/combine_bias_studies.py $OUT-pre-masks $OUT-pre-boxes ...
 # bias: the bias world made harder to read by shape than by context (object_size, bias_p), chosen
 # from the plain classifiers alone (step 4). garments: garments-bias at its defaults (step 5).
@@ -17,7 +18,11 @@ GAINET=${GAINET:-gainet}
 OUT=${OUT:-runs/bias18}
 RUNS=${RUNS:-core}
 LITE0="model=efficientnet-lite0,pretrained=imagenet,lr=0.001"
-COMMON=(--first-seed "$SEED" --seeds 1 --epochs 4 --no-gain --threads 1 --no-progress)
+if [ "$SEED" = gather ]; then
+    COMMON=(--first-seed 0 --seeds 3 --epochs 4 --no-gain --threads 1 --no-progress)
+else
+    COMMON=(--first-seed "$SEED" --seeds 1 --epochs 4 --no-gain --threads 1 --no-progress)
+fi
 if [ "$WORLD" = bias ]; then
     COMMON+=(--dataset-options '{object_size: [0.07, 0.1], bias_p: 0.99}')
     PREFIX=$OUT-pre
@@ -35,9 +40,11 @@ export OMP_NUM_THREADS=1
 # The box studies share the reference and cam runs (the cache ignores the supervision kind of
 # unsupervised runs): copy them instead of training them again.
 for study in boxes grabcut; do
-    mkdir -p "$PREFIX-$study/runs/seed$SEED"
-    for run in reference cam; do
-        [ -e "$PREFIX-$study/runs/seed$SEED/$run" ] || cp -r "$PREFIX-masks/runs/seed$SEED/$run" "$PREFIX-$study/runs/seed$SEED/$run"
+    for seed in $([ "$SEED" = gather ] && echo 0 1 2 || echo "$SEED"); do
+        mkdir -p "$PREFIX-$study/runs/seed$seed"
+        for run in reference cam; do
+            [ -e "$PREFIX-$study/runs/seed$seed/$run" ] || cp -r "$PREFIX-masks/runs/seed$seed/$run" "$PREFIX-$study/runs/seed$seed/$run"
+        done
     done
 done
 BOXES=(context-swap l_e)
