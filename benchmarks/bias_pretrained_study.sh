@@ -8,7 +8,7 @@
 # from the plain classifiers alone (step 4). garments: garments-bias at its defaults (step 5).
 # Every guided mode, l_e included, runs from the first step over the same 4 epochs.
 # RUNS=core (default) trains the columns of docs/bias_study.md step 6; RUNS=full adds masks on 5%
-# (bias) and the boxes' upweight baseline.
+# (bias), the boxes' upweight baseline and GrabCut swaps with context-only images.
 # Resumable: finished runs are cached in each output directory. The runs of every seed are then
 # gathered (cached, nothing trained) by the same command with --first-seed 0 --seeds 3.
 set -eu
@@ -28,7 +28,8 @@ if [ "$WORLD" = bias ]; then
     PREFIX=$OUT-pre
     MASKS=(--supervised-count 1% --guidance context-swap upweight)
     [ "$RUNS" = full ] && MASKS=(--supervised-count 1% 5% --guidance context-swap upweight)
-    GRABCUT=(context-swap context-swap,context-only)
+    GRABCUT=(context-swap)
+    [ "$RUNS" = full ] && GRABCUT=(context-swap context-swap,context-only)
 else
     COMMON+=(--dataset garments-bias)
     PREFIX=$OUT-garments
