@@ -166,7 +166,7 @@ def test_affinity_loss_is_low_for_the_right_affinities_and_trains_features_apart
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert float(loss) < 0.2 * start
+    assert loss.item() < 0.2 * start
     affinity, _ = feature_affinity(features.detach(), [(0, 1)])
     assert affinity[0, 0, :, 3].max() < 0.2 and affinity[0, 0, :, :3].min() > 0.8  # across vs inside
 

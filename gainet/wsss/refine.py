@@ -243,7 +243,7 @@ def train_affinity(tap: FeatureTap, head: AffinityHead, inputs: list[torch.Tenso
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total, batches = total + float(loss), batches + 1
+            total, batches = total + loss.item(), batches + 1
         losses.append(total / max(1, batches))
     head.eval()
     return losses
@@ -292,28 +292,61 @@ def refine_cams(
                                             overwrite, progress)
         seconds["train"] = time.perf_counter() - started
     started = time.perf_counter()
-    for index in progress_bar(todo, desc=f"refine-cams {params.method}", enabled=progress, dynamic_ncols=True):
-        item = io.raw_item(dataset, index)
-        keys, maps = io.load_cams(io.item_path(folder, item.image_id, ".npy"))
-        if keys.size:
-            maps_t = torch.from_numpy(maps)[None].to(torch_device)
-            if params.method == "par":
-                image = torch.from_numpy(np.ascontiguousarray(item.image)).permute(2, 0, 1)[None].float() / 255.0
-                refined = par_refine(image.to(torch_device), maps_t, dilations=params.dilations,
-                                     iterations=params.steps, w_rgb=params.w_rgb, w_pos=params.w_pos)
-            else:
-                with torch.no_grad():
-                    embedding = head(tap(_network_input(item.image, meta, torch_device)))
-                    small = F.interpolate(maps_t, size=embedding.shape[-2:], mode="area")
-                    walked = random_walk(small, embedding, radius=params.walk_radius, beta=params.beta,
-                                         iterations=params.steps)
-                    refined = F.interpolate(walked, size=maps.shape[-2:], mode="bilinear", align_corners=False)
-            maps = normalise_maps(refined[0]).cpu().numpy()
-        io.save_cams(io.item_path(out_dir, item.image_id, ".npy"), keys, maps, str(meta.get("dtype", "float16")))
+    bar = progress_bar(total=len(todo), desc=f"refine-cams {params.method}", enabled=progress, dynamic_ncols=True)
+    # PAR's neighbour tensors are (B, 3, 8 x dilations, H, W) at native size: one image at a time
+    for chunk in _chunks(dataset, folder, todo, params.batch_size if params.method == "affinity" else 1):
+        refined = _refine_chunk(chunk, params, meta, tap, head, torch_device)
+        for (item, keys, _), maps in zip(chunk, refined):
+            io.save_cams(io.item_path(out_dir, item.image_id, ".npy"), keys, maps, str(meta.get("dtype", "float16")))
+        bar.update(len(chunk))
+    bar.close()
     seconds["refine"] = time.perf_counter() - started
     logger.info("refine-cams: %d written, %d already there, in %s", len(todo), total - len(todo), out_dir)
     return {"written": len(todo), "skipped": total - len(todo), "images": total, "output": str(output),
             "seconds": seconds, "losses": losses}
+
+
+def _chunks(dataset, folder: Path, indices: list[int], size: int):
+    """Lists of up to ``size`` consecutive ``(raw item, keys, maps)`` whose images have one shape."""
+    chunk: list = []
+    for index in indices:
+        item = io.raw_item(dataset, index)
+        keys, maps = io.load_cams(io.item_path(folder, item.image_id, ".npy"))
+        if chunk and (len(chunk) == size or chunk[0][0].image.shape != item.image.shape):
+            yield chunk
+            chunk = []
+        chunk.append((item, keys, maps))
+    if chunk:
+        yield chunk
+
+
+@torch.no_grad()
+def _refine_chunk(chunk: list, params: RefineParams, meta: dict[str, Any], tap: FeatureTap | None,
+                  head: AffinityHead | None, device: torch.device) -> list[np.ndarray]:
+    """Refined ``(K_b, H, W)`` float32 maps in [0, 1] of a chunk of same-size images, computed as
+    one batch: each image's maps padded with zero maps to the chunk's largest ``K`` (a zero map
+    propagates to zero), the padding dropped again."""
+    most = max(keys.size for _, keys, _ in chunk)
+    height, width = chunk[0][0].image.shape[:2]
+    if most == 0:
+        return [maps for _, _, maps in chunk]
+    stacked = torch.zeros(len(chunk), most, height, width)
+    for b, (_, keys, maps) in enumerate(chunk):
+        stacked[b, :keys.size] = torch.from_numpy(maps)
+    stacked = stacked.to(device)
+    if params.method == "par":
+        images = torch.stack([torch.from_numpy(np.ascontiguousarray(item.image)) for item, _, _ in chunk])
+        images = images.permute(0, 3, 1, 2).float().to(device) / 255.0
+        refined = par_refine(images, stacked, dilations=params.dilations, iterations=params.steps,
+                             w_rgb=params.w_rgb, w_pos=params.w_pos)
+    else:
+        inputs = torch.cat([_network_input(item.image, meta, device) for item, _, _ in chunk])
+        embedding = head(tap(inputs))
+        small = F.interpolate(stacked, size=embedding.shape[-2:], mode="area")
+        walked = random_walk(small, embedding, radius=params.walk_radius, beta=params.beta, iterations=params.steps)
+        refined = F.interpolate(walked, size=(height, width), mode="bilinear", align_corners=False)
+    return [normalise_maps(refined[b, :keys.size]).cpu().numpy() if keys.size else maps
+            for b, (_, keys, maps) in enumerate(chunk)]
 
 
 def _affinity_model(meta, dataset, folder: Path, output: Path, settings: dict[str, Any], params: RefineParams,
@@ -328,6 +361,7 @@ def _affinity_model(meta, dataset, folder: Path, output: Path, settings: dict[st
     gain, config, _ = load_trained(checkpoint, device)
     tap = FeatureTap(gain.model, feature_layers(config.model, params.layers))
     probe = tap(torch.zeros(1, 3, int(meta["train_size"]), int(meta["train_size"]), device=device))
+    torch.manual_seed(params.seed)
     head = AffinityHead([f.shape[1] for f in probe], params.dim).to(device)
     path = output / AFFINITY_FILE
     if path.is_file() and not overwrite:
