@@ -269,3 +269,29 @@ def test_make_cams_class_agnostic_gives_one_map_for_every_class(seeds: Path) -> 
         from gainet.wsss.cams import make_cams
 
         make_cams(seeds / "cls" / "last.pt", seeds / "bad", attention_layer="stride16", device="cpu", progress=False)
+
+
+def test_refine_cams_on_a_tiny_voc_layout_tree_keeps_native_sizes(tmp_path: Path) -> None:
+    """VOC-layout smoke test: images of different native sizes (chunks of one shape), both methods."""
+    from conftest import build_voc_tree
+
+    voc = tmp_path / "VOC2012"
+    expected = build_voc_tree(voc)
+    config = TrainConfig(dataset="voc", data_root=str(voc), train_split="train", val_split="val", batch_size=2,
+                         image_size=32, model="small-cnn", model_width=8, epochs=1, warmup_epochs=0, method="cam",
+                         progress=False, tensorboard=False, threads=1, output_dir=str(tmp_path / "cls"))
+    train(config)
+    out = tmp_path / "wsss"
+    assert main(["make-cams", "--checkpoint", str(tmp_path / "cls" / "last.pt"), "--output", str(out / "cams"),
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert main(["eval-cams", "--cams", str(out / "cams"), "--no-progress"]) == 0
+    for method in ("par", "affinity"):
+        assert main(["refine-cams", "--cams", str(out / "cams"), "--output", str(out / method), "--method", method,
+                     "--epochs", "1", "--iterations", "4", "--no-progress"]) == 0
+        for image_id in ("img_a", "img_b"):
+            keys, maps = io.load_cams(out / method / "cams" / f"{image_id}.npy")
+            assert maps.shape == (len(keys), *expected[image_id]["mask"].shape)
+        assert main(["eval-cams", "--cams", str(out / method), "--no-progress"]) == 0
+        assert main(["pseudo-labels", "--cams", str(out / method), "--output", str(out / f"labels-{method}"),
+                     "--no-progress"]) == 0
+        assert io.load_index_png(out / f"labels-{method}" / "labels" / "img_a.png").shape == (60, 80)

@@ -53,6 +53,8 @@ FEATURE_LAYERS: dict[str, dict[str, str]] = {
     **{name: {"stride4": "layer1", "stride8": "layer2", "stride16": "layer3"}
        for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")},
     "small-cnn": {"stride4": "features"},
+    # VGG16 (the paper's VOC backbone): the ReLUs before pool3, pool4 and pool5
+    "vgg16": {"stride4": "features.15", "stride8": "features.22", "stride16": "features.29"},
 }
 
 
