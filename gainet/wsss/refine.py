@@ -366,6 +366,9 @@ def _affinity_model(meta, dataset, folder: Path, output: Path, settings: dict[st
     torch.manual_seed(params.seed)
     head = AffinityHead([f.shape[1] for f in probe], params.dim).to(device)
     path = output / AFFINITY_FILE
+    # the walk's settings do not change the head: a folder re-walked with another beta or number
+    # of iterations (--overwrite) keeps its trained head
+    settings = {k: v for k, v in settings.items() if k not in ("iterations", "beta", "walk_radius")}
     if path.is_file() and not overwrite:
         stored = torch.load(path, map_location=device, weights_only=True)
         if stored.get("settings") == json.loads(json.dumps(settings)):
