@@ -50,6 +50,13 @@ from ablation import BASE as ABLATION_BASE  # noqa: E402  (a sibling script, not
 from ablation import VARIANTS  # noqa: E402
 
 METHODS = ("cam", "gain", "gain-ext")
+# Per-world defaults of the options left unset on the command line.
+WORLD_DEFAULTS = {
+    "parts": {"train_images": 640, "cls_val_images": 100, "epochs": 8, "scales": [1.0], "flip": False,
+              "seg_epochs": 6},
+    "garments": {"train_images": 600, "cls_val_images": 300, "epochs": 4, "scales": [1.0], "flip": True,
+                 "seg_epochs": 5},
+}
 # GAIN's hyperparameters pinned as in benchmarks/ablation.py, so that a variant name ("gain",
 # "gain/alpha0.3", "gain-adv") means the same classifier in both benchmarks.
 PINNED = ("sigma", "omega", "alpha", "omega_e", "am_gradient", "erased_batchnorm", "weights_grad", "area_weight")
@@ -61,11 +68,15 @@ def classifier_config(variant: str, args: argparse.Namespace, output: Path) -> T
     overrides = {**{k: ABLATION_BASE[k] for k in PINNED}, **VARIANTS[variant]}
     warmup = overrides.pop("warmup_epochs", min(3, args.epochs - 1))
     supervised_fraction = overrides.pop("supervised_fraction", 0.05)
+    if args.world == "garments":  # the pretrained regime of docs/ablation.md (garments, issue 12)
+        warmup = min(VARIANTS[variant].get("warmup_epochs", 2), args.epochs - 1)
+        world = dict(dataset="garments", image_size=128, model="efficientnet-lite0", pretrained="imagenet", lr=1e-3)
+    else:
+        world = dict(dataset="parts", image_size=64, model="small-cnn", model_width=args.width, lr=2e-3)
     return TrainConfig(
-        **overrides, dataset="parts", image_size=64, train_images=args.train_images, val_images=args.cls_val_images,
-        model="small-cnn", model_width=args.width, epochs=args.epochs,
-        warmup_epochs=warmup,
-        batch_size=32, optimizer="adamw", lr=2e-3, schedule="cosine",
+        **overrides, **world, train_images=args.train_images, val_images=args.cls_val_images,
+        epochs=args.epochs, warmup_epochs=warmup,
+        batch_size=32, optimizer="adamw", schedule="cosine",
         supervised_fraction=supervised_fraction, seed=args.seed,
         threads=args.threads, progress=args.progress, tensorboard=False, eval_every=args.epochs,
         output_dir=str(output / "classifier"),
@@ -124,6 +135,8 @@ def _run_method(method: str, args: argparse.Namespace, checkpoint: str | None, o
         checkpoint = str(Path(config.output_dir) / "last.pt")
     state = load_checkpoint(checkpoint)
     row["mAP"] = _final_map(state)
+    if args.world == "garments":
+        return _run_refined(method, args, checkpoint, state, out, row, started)
     progress = args.progress
     make_cams(checkpoint, out / "cams", scales=args.scales, flip=args.flip, device="cpu", progress=progress)
     cams = eval_cams(out / "cams", progress=progress)
@@ -146,6 +159,74 @@ def _run_method(method: str, args: argparse.Namespace, checkpoint: str | None, o
     return row
 
 
+class StageClock:
+    """Seconds of each stage, kept in ``out/timings.json``: a stage's time is stored by the run
+    that did its work, and a resumed run (whose stages skip finished files) keeps it."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / "timings.json"
+        self.values = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def run(self, name: str, images: int, compute):
+        started = time.perf_counter()
+        result = compute()
+        if name not in self.values:
+            self.values[name] = {"seconds": time.perf_counter() - started, "images": images}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.values, indent=2))
+        return result
+
+    def per_1000(self, name: str) -> float | None:
+        """CPU minutes per 1,000 images of the stage (one torch thread)."""
+        value = self.values.get(name)
+        return None if not value else value["seconds"] / 60 / value["images"] * 1000
+
+
+def _run_refined(method: str, args: argparse.Namespace, checkpoint: str, state: dict[str, Any], out: Path,
+                 row: dict[str, Any], started: float) -> dict[str, Any]:
+    """The real-object pipeline (``--world garments``): seeds from ``--cam-layer`` (and the head
+    layer, and the class-agnostic baseline, for comparison), PAR- and affinity-refined seeds, pseudo
+    labels from ``--seg-labels``, the segmentation network, eval on val."""
+    from gainet.wsss.refine import RefineParams, refine_cams
+
+    progress, images = args.progress, args.train_images
+    clock = StageClock(out)
+    history = state.get("history") or []
+    clock.values.setdefault("classifier", {"seconds": sum(r.get("train/seconds", 0.0) for r in history),
+                                           "images": images})
+
+    def seeds(folder: str, **options) -> dict[str, Any]:
+        clock.run(f"make-cams {folder}", images, lambda: make_cams(
+            checkpoint, out / folder, scales=args.scales, flip=args.flip, device="cpu", progress=progress, **options))
+        return eval_cams(out / folder, progress=progress)
+
+    cams = seeds("cams", attention_layer=args.cam_layer)
+    row.update(cam_miou=cams["best_miou"], t=cams["best_threshold"])
+    if args.compare_head and method == args.methods[0]:
+        row["cam_miou_head"] = seeds("cams-head")["best_miou"]
+    if args.agnostic and method == args.methods[0]:
+        row["cam_miou_agnostic"] = seeds("cams-agnostic", attention_layer=args.cam_layer,
+                                         class_agnostic=True)["best_miou"]
+    for name in ("par", "affinity"):
+        params = RefineParams(method=name, seed=args.seed)
+        clock.run(f"refine-cams {name}", images, lambda: refine_cams(out / "cams", out / f"cams-{name}", params,
+                                                                      progress=progress))
+        refined = eval_cams(out / f"cams-{name}", progress=progress)
+        row.update({f"{name}_miou": refined["best_miou"], f"{name}_t": refined["best_threshold"]})
+    source = out / ("cams" if args.seg_labels == "seeds" else f"cams-{args.seg_labels}")
+    labels = clock.run("pseudo-labels", images, lambda: make_pseudo_labels(source, out / "labels", band=args.band,
+                                                                           progress=progress))["eval"]
+    row.update(label_miou=labels["miou"], label_precision=labels["confident_precision"],
+               unsure=labels["ignored_fraction"])
+    clock.run("train-seg", images, lambda: train_seg(seg_config(args, out / "labels", out / "seg")))
+    seg = clock.run("eval-seg", args.val_images, lambda: evaluate_segmentation(
+        out / "seg" / "last.pt", out / "eval", limit=args.val_images, device="cpu", progress=progress))
+    row["seg_miou"] = seg["miou"]
+    row["minutes"] = (time.perf_counter() - started) / 60
+    row["per_1000"] = {name: clock.per_1000(name) for name in clock.values}
+    return row
+
+
 def run_oracle(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.output) / f"seed{args.seed}" / "oracle"
     return cached(out, args, lambda: _run_oracle(args, out))
@@ -153,11 +234,13 @@ def run_oracle(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_oracle(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    spec = io.data_spec("parts", "train", image_size=64, num_images=args.train_images)
+    spec = (io.data_spec("garments", "train", image_size=128, num_images=args.train_images) if args.world == "garments"
+            else io.data_spec("parts", "train", image_size=64, num_images=args.train_images))
     ground_truth_labels(spec, out / "labels")
-    train_seg(seg_config(args, out / "labels", out / "seg"))
+    clock = StageClock(out)
+    clock.run("train-seg", args.train_images, lambda: train_seg(seg_config(args, out / "labels", out / "seg")))
     row: dict[str, Any] = {"method": "oracle (GT masks)", "seed": args.seed, "label_miou": 1.0, "unsure": 0.0,
-                           "label_precision": 1.0}
+                           "label_precision": 1.0, "per_1000": {"train-seg": clock.per_1000("train-seg")}}
     row["seg_miou"] = evaluate_segmentation(out / "seg" / "last.pt", out / "eval", limit=args.val_images,
                                             device="cpu", progress=args.progress)["miou"]
     if args.crf:
@@ -198,21 +281,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", action="append", default=[], metavar="METHOD=PATH",
                         help="use this classifier checkpoint instead of training one (repeatable)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (classifier, seg network)")
-    parser.add_argument("--train-images", type=int, default=640, help="classifier training images = WSSS images")
-    parser.add_argument("--cls-val-images", type=int, default=100, help="images for the classifier's val mAP")
+    parser.add_argument("--world", default="parts", choices=tuple(WORLD_DEFAULTS),
+                        help="parts: the drawn world, small-cnn from scratch at 64 px; garments: real Fashion-MNIST "
+                             "photos, ImageNet-pretrained EfficientNet-Lite0 at 128 px (docs/wsss.md)")
+    parser.add_argument("--train-images", type=int, default=None,
+                        help="classifier training images = WSSS images (parts 640, garments 600)")
+    parser.add_argument("--cls-val-images", type=int, default=None, help="images for the classifier's val mAP "
+                                                                         "(parts 100, garments 300)")
     parser.add_argument("--val-images", type=int, default=300, help="ground-truth val images for eval-seg")
-    parser.add_argument("--epochs", type=int, default=8, help="classifier epochs (3 warm-up)")
+    parser.add_argument("--epochs", type=int, default=None, help="classifier epochs (parts 8 with 3 warm-up, "
+                                                                 "garments 4 with 2)")
     parser.add_argument("--width", type=int, default=16, help="small-cnn width")
     parser.add_argument("--seg-model", default="lraspp_mobilenet_v3_large")
-    parser.add_argument("--seg-epochs", type=int, default=6, help="segmentation-network epochs")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="make-cams scales")
-    parser.add_argument("--flip", action="store_true", help="flip-averaged maps")
+    parser.add_argument("--seg-epochs", type=int, default=None, help="segmentation-network epochs (parts 6, "
+                                                                     "garments 5)")
+    parser.add_argument("--scales", type=float, nargs="+", default=None,
+                        help="make-cams scales (default 1; garments: with --flip)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="flip-averaged maps (parts: off; garments: on)")
     parser.add_argument("--band", type=float, default=0.1, help="unsure band below the fg threshold")
     parser.add_argument("--crf", action="store_true", help="also CRF-refined labels and CRF inference")
+    parser.add_argument("--cam-layer", default="stride16",
+                        help="garments: make-cams --attention-layer of the seeds (default: stride16)")
+    parser.add_argument("--no-compare-head", dest="compare_head", action="store_false",
+                        help="garments: skip the head-layer seeds of the first method")
+    parser.add_argument("--no-agnostic", dest="agnostic", action="store_false",
+                        help="garments: skip the class-agnostic seeds of the first method")
+    parser.add_argument("--seg-labels", default="affinity", choices=("seeds", "par", "affinity"),
+                        help="garments: the maps the pseudo labels come from (default: affinity)")
     parser.add_argument("--no-oracle", dest="oracle", action="store_false", help="skip the GT-trained row")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     args = parser.parse_args(argv)
+    for key, value in WORLD_DEFAULTS[args.world].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     torch.set_num_threads(args.threads)
     if args.crf and not crf_available():
         parser.error("--crf needs pydensecrf2 (pip install 'pydensecrf2==1.1')")
@@ -233,12 +336,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.crf:
         columns[columns.index("seg_miou"):columns.index("seg_miou")] = ["label_miou_crf"]
         columns.append("seg_miou_crf")
+    if args.world == "garments":
+        columns = ["method", "seed", "mAP", "cam_miou_head", "cam_miou_agnostic", "cam_miou", "t", "par_miou",
+                   "affinity_miou", "label_miou", "label_precision", "unsure", "seg_miou"]
     columns.append("minutes")
-    shown = [{k: (100 * v if k in ("mAP", "cam_miou", "label_miou", "label_precision", "unsure", "seg_miou",
-                                   "label_miou_crf", "seg_miou_crf") and isinstance(v, float)
-                  else f"{v:.2f}" if k == "t" else v)
+    percent = ("mAP", "cam_miou", "label_miou", "label_precision", "unsure", "seg_miou", "label_miou_crf",
+               "seg_miou_crf", "cam_miou_head", "cam_miou_agnostic", "par_miou", "affinity_miou")
+    shown = [{k: (100 * v if k in percent and isinstance(v, float) else f"{v:.2f}" if k == "t" else v)
               for k, v in row.items()} for row in rows]
     table = markdown_table(shown, columns, ".1f")
+    stages = list(dict.fromkeys(k for row in rows for k in (row.get("per_1000") or {})))
+    if stages:
+        costs = [{"method": row["method"], "seed": row["seed"], **row["per_1000"]} for row in rows if row.get("per_1000")]
+        table += ("\n\nCPU minutes per 1,000 images (one torch thread, shared machine; classifier: the whole "
+                  "schedule per 1,000 training images; eval-seg: per 1,000 val images):\n\n"
+                  + markdown_table(costs, ["method", "seed", *stages], ".2f"))
     settings = {k: v for k, v in vars(args).items() if k not in ("checkpoint", "progress", "seed")}
     work = sum(row.get("minutes", 0.0) for row in rows if row["seed"] != "mean")
     text = (f"{table}\n\nPercentages except t (background threshold) and minutes. Settings: {json.dumps(settings)}. "

@@ -168,6 +168,7 @@ def cmd_make_cams(args: argparse.Namespace) -> int:
 
     result = make_cams(args.checkpoint, args.output, split=args.split, data_root=args.data_root, limit=args.limit,
                        scales=args.scales, flip=args.flip, base_size=args.base_size, dtype=args.dtype,
+                       attention_layer=args.attention_layer, class_agnostic=args.class_agnostic,
                        overwrite=args.overwrite, device=args.device, progress=not args.no_progress)
     print(f"make-cams: {result['written']} written, {result['skipped']} already there, "
           f"{result['images']} images in {result['output']}/cams")
@@ -261,6 +262,57 @@ def _add_seg_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
 
 
+# refine-cams (issue 21): its own block
+def cmd_refine_cams(args: argparse.Namespace) -> int:
+    from gainet.wsss.refine import RefineParams, refine_cams
+
+    params = RefineParams(method=args.method, dilations=tuple(args.dilations), iterations=args.iterations,
+                          w_rgb=args.w_rgb, w_pos=args.w_pos, layers=tuple(args.affinity_layers or ()),
+                          conf_fg=args.conf_fg, conf_bg=args.conf_bg, radius=args.radius, epochs=args.epochs,
+                          lr=args.lr, seed=args.seed, beta=args.beta, walk_radius=args.walk_radius)
+    result = refine_cams(args.cams, args.output, params, data_root=args.data_root, overwrite=args.overwrite,
+                         device=args.device, progress=not args.no_progress)
+    print(f"refine-cams: {result['written']} written, {result['skipped']} already there, {result['images']} images "
+          f"in {result['output']}/cams ({args.method}; train {result['seconds']['train']:.1f} s, refine "
+          f"{result['seconds']['refine']:.1f} s)")
+    return 0
+
+
+def add_refine_command(commands: Any) -> None:
+    refine = commands.add_parser(
+        "refine-cams", help="WSSS 1b: refine the maps with affinities (par: colour/position; affinity: learned)",
+        description="Refine a make-cams folder into a new one (same layout, so eval-cams and pseudo-labels read it): "
+                    "par = training-free pixel-adaptive refinement on colour and position; affinity = an "
+                    "inter-pixel affinity head on the classifier's frozen features, trained from the seeds' "
+                    "confident pixels, then a random walk. Resumes: existing files are skipped.")
+    refine.add_argument("--cams", required=True, help="make-cams output folder (the seeds)")
+    refine.add_argument(*OUTPUT_FLAGS, dest="output", required=True, help="output folder (maps go to OUTPUT/cams/)")
+    refine.add_argument("--method", default="par", choices=("par", "affinity"), help="refinement (default: par)")
+    refine.add_argument("--iterations", type=int, default=None,
+                        help="propagation steps (default: par 10, affinity 256)")
+    refine.add_argument("--dilations", type=int, nargs="+", default=[1, 2, 4, 8, 12, 24], help="par: dilations")
+    refine.add_argument("--w-rgb", type=float, default=0.3, help="par: colour scale")
+    refine.add_argument("--w-pos", type=float, default=0.01, help="par: weight of the position term")
+    refine.add_argument("--affinity-layers", nargs="+", default=None,
+                        help="affinity: backbone layers (stride4 stride8 stride16 or dotted names; default: all "
+                             "named strides of the model family)")
+    refine.add_argument("--conf-fg", type=float, default=None,
+                        help="affinity: confident-foreground threshold (default: eval-cams best + 0.15)")
+    refine.add_argument("--conf-bg", type=float, default=None,
+                        help="affinity: confident-background threshold (default: eval-cams best - 0.10)")
+    refine.add_argument("--radius", type=int, default=5, help="affinity: training pair radius (feature grid)")
+    refine.add_argument("--epochs", type=int, default=8, help="affinity: training epochs")
+    refine.add_argument("--lr", type=float, default=1e-3, help="affinity: Adam learning rate")
+    refine.add_argument("--seed", type=int, default=0, help="affinity: training seed")
+    refine.add_argument("--beta", type=float, default=8.0, help="affinity: power of the affinities in the walk")
+    refine.add_argument("--walk-radius", type=int, default=5, help="affinity: random-walk radius (feature grid)")
+    refine.add_argument("--data-root", default=None, help="override the dataset directory")
+    refine.add_argument("--overwrite", action="store_true", help="redo every file (and retrain the head)")
+    refine.add_argument("--device", default="cpu", help="cpu or cuda")
+    refine.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    refine.set_defaults(func=cmd_refine_cams)
+
+
 def add_wsss_commands(commands: Any) -> None:
     """Subcommands of the weakly-supervised segmentation pipeline (docs/wsss.md)."""
     progress = {"action": "store_true", "help": "hide progress bars"}
@@ -279,6 +331,11 @@ def add_wsss_commands(commands: Any) -> None:
     cams.add_argument("--base-size", default="train",
                       help="size that scale 1 means: train (the checkpoint's square input), native, or N pixels")
     cams.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="storage precision")
+    cams.add_argument("--attention-layer", default=None,
+                      help="maps of this layer of the same weights (as train's --attention-layer: stride16, stride32 "
+                           "or a dotted module name; default: the layer the checkpoint was trained with)")
+    cams.add_argument("--class-agnostic", action="store_true",
+                      help="the class-agnostic baseline: the mean of all class maps stands for each class's map")
     cams.add_argument("--overwrite", action="store_true", help="recompute images whose file exists")
     cams.add_argument("--device", default="auto", help="auto, cpu or cuda")
     cams.add_argument("--no-progress", **progress)
@@ -313,6 +370,8 @@ def add_wsss_commands(commands: Any) -> None:
     labels.add_argument("--no-progress", **progress)
     _add_crf_options(labels)
     labels.set_defaults(func=cmd_pseudo_labels)
+
+    add_refine_command(commands)
 
     trainseg = commands.add_parser("train-seg", help="WSSS 4: train a segmentation network on the pseudo labels",
                                    description="Train a torchvision segmentation model on pseudo labels (255 ignored); "

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from gainet.core import GAIN, normalise_maps
-from gainet.evaluation.localization import AttentionSweep, default_thresholds
+from gainet.evaluation.localization import AttentionSweep, class_agnostic_maps, default_thresholds
 from gainet.evaluation.report import markdown_table
 from gainet.progress import progress_bar
 from gainet.wsss import data as io
@@ -79,6 +79,7 @@ def image_cams(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     base: str | int = "train",
+    class_agnostic: bool = False,
 ) -> np.ndarray:
     """Normalised attention maps ``(K, H, W)`` float32 of ``class_ids`` (in ascending order) on one image, at its
     native resolution ``(H, W)``; ``num_classes`` is the classifier's ``C``.
@@ -88,6 +89,10 @@ def image_cams(
     (METHOD.md step 4), which is mirrored back and resized bilinearly to ``(H, W)``. The maps of
     all scales and flips are averaged and min-max normalised again, so the result is in [0, 1]
     whatever the number of views (the all-zero map stays zero).
+
+    ``class_agnostic``: the baseline row of docs/ablation.md instead: in every view the mean of
+    all ``num_classes`` maps, min-max normalised
+    (:func:`~gainet.evaluation.localization.class_agnostic_maps`), stands for each class's map.
     """
     height, width = image.shape[:2]
     class_ids = sorted({int(c) for c in class_ids})
@@ -95,7 +100,8 @@ def image_cams(
         return np.zeros((0, height, width), dtype=np.float32)
     device = next(gain.parameters()).device
     labels = torch.zeros(1, num_classes, device=device)
-    labels[0, class_ids] = 1.0
+    labels[0, list(range(num_classes)) if class_agnostic else class_ids] = 1.0
+    mapped = num_classes if class_agnostic else len(class_ids)
     original = to_input(image, mean, std, device)
     total = torch.zeros(len(class_ids), height, width, device=device)
     views = 0
@@ -104,7 +110,9 @@ def image_cams(
         if flip:
             batch = torch.cat([batch, batch.flip(-1)])
         _, pairs, maps = gain.label_attention(batch, labels.expand(batch.shape[0], -1))
-        maps = maps.float().view(batch.shape[0], len(class_ids), *size)  # pairs are ordered by image, class
+        maps = maps.float().view(batch.shape[0], mapped, *size)  # pairs are ordered by image, class
+        if class_agnostic:
+            maps = class_agnostic_maps(maps)[:, None].expand(-1, len(class_ids), -1, -1).contiguous()
         if flip:
             maps[1] = maps[1].flip(-1)
         maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)
@@ -123,6 +131,8 @@ def make_cams(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     base_size: str | int | None = "train",
+    attention_layer: str | None = None,
+    class_agnostic: bool = False,
     dtype: str = "float16",
     overwrite: bool = False,
     device: str = "auto",
@@ -130,7 +140,12 @@ def make_cams(
 ) -> dict[str, Any]:
     """Stage 1: ``output_dir/cams/<image_id>.npy`` for every image of ``split`` (default: the
     checkpoint's training split), plus ``output_dir/meta.json``. Images whose file exists are
-    skipped unless ``overwrite``. Returns ``{"written", "skipped", "images", "output"}``."""
+    skipped unless ``overwrite``. Returns ``{"written", "skipped", "images", "output"}``.
+
+    ``attention_layer``: maps of another layer of the same weights than the one the classifier was
+    trained with, in ``gainet train --attention-layer``'s vocabulary (``stride16``, ``stride32`` or a
+    dotted module name; see :mod:`gainet.models`); ``class_agnostic``: the class-agnostic baseline
+    (see :func:`image_cams`)."""
     from gainet.runner import load_trained
     from gainet.training.distributed import DistributedContext
     from gainet.training.trainer import resolve_device
@@ -141,7 +156,7 @@ def make_cams(
         raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
     base = parse_base_size(base_size)
     torch_device = resolve_device(device, DistributedContext())
-    gain, config, state = load_trained(checkpoint, torch_device)
+    gain, config, state = load_trained(checkpoint, torch_device, attention_layer)
     classes = list(state["classes"])
     spec = io.spec_from_config(config, split or config.train_split, limit)
     if data_root:
@@ -153,9 +168,11 @@ def make_cams(
         "stage": CAMS_STAGE, "checkpoint": str(Path(checkpoint).resolve()), "method": config.method,
         "classes": classes, "data": spec, "scales": [float(s) for s in scales], "flip": bool(flip),
         "base_size": base, "train_size": int(config.image_size), "dtype": dtype,
+        "attention_layer": attention_layer, "class_agnostic": True if class_agnostic else None,  # None: old folders resume
         "mean": list(state["mean"]), "std": list(state["std"]),
     }
-    io.claim_folder(output, meta, ["checkpoint", "data", "scales", "flip", "base_size", "dtype"], overwrite)
+    io.claim_folder(output, meta, ["checkpoint", "data", "scales", "flip", "base_size", "dtype", "attention_layer",
+                                   "class_agnostic"], overwrite)
     cams_dir = output / CAMS_DIR
     written = skipped = 0
     total = dataset.wsss_size
@@ -167,7 +184,8 @@ def make_cams(
             continue
         item = io.raw_item(dataset, index)
         maps = image_cams(gain, item.image, item.labels, len(classes), mean=state["mean"], std=state["std"],
-                          train_size=config.image_size, scales=scales, flip=flip, base=base)
+                          train_size=config.image_size, scales=scales, flip=flip, base=base,
+                          class_agnostic=class_agnostic)
         io.save_cams(path, np.asarray(item.labels, dtype=np.int64), maps, dtype)
         written += 1
     logger.info("make-cams: %d written, %d already there, in %s", written, skipped, cams_dir)

@@ -1,0 +1,387 @@
+"""Stage 1b, between ``make-cams`` and ``pseudo-labels``: refine the seeds with affinities
+(``gainet refine-cams``).
+
+Two methods (numerics in :mod:`gainet.wsss.affinity`):
+
+- ``par``: training-free pixel-adaptive refinement on the image's colours and positions, at the
+  image's native resolution.
+- ``affinity``: AffinityNet / IRN style. An inter-pixel affinity head (:class:`AffinityHead`) on
+  the frozen features of the classifier's own backbone (stride 4, 8 and 16 of the same weights) is
+  trained from the seeds: pixels whose strongest map exceeds ``conf_fg`` are that class, pixels
+  below ``conf_bg`` background, the rest unsure; pairs within ``radius`` with the same label are
+  trained to affinity 1, with different labels to 0, pairs with an unsure pixel ignored. Then each
+  image's maps, downsampled to the features' stride-4 grid, are propagated by a random walk on
+  the predicted affinities (``beta``, ``iterations``) and resized back to native size.
+
+The output folder is a ``make-cams`` folder (``meta.json`` with ``stage: cams`` plus the
+``refinement`` and its ``source``; ``cams/<image_id>.npy``, every map min-max normalised to
+[0, 1] again), so ``eval-cams`` and ``pseudo-labels`` read it unchanged. One file per image,
+atomically; existing files are skipped (resume), a folder made with other settings or from other
+seeds is refused unless ``overwrite``. The trained head is ``affinity.pt`` in the output folder
+(reused when its settings match).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gainet.core import normalise_maps
+from gainet.progress import progress_bar
+from gainet.wsss import data as io
+from gainet.wsss.affinity import affinity_loss, disc_offsets, feature_affinity, pair_labels, par_refine, random_walk
+from gainet.wsss.cams import CAMS_DIR, CAMS_STAGE, EVAL_CAMS_JSON, require_complete, to_input
+from gainet.wsss.pseudo_labels import pseudo_label
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("par", "affinity")
+AFFINITY_FILE = "affinity.pt"
+# Backbone layers of the affinity head, by stride, per model family (the stride-16 names are
+# gainet.models.ATTENTION_LAYERS', the vocabulary of gainet train --attention-layer).
+FEATURE_LAYERS: dict[str, dict[str, str]] = {
+    "efficientnet-lite0": {"stride4": "_blocks.2", "stride8": "_blocks.4", "stride16": "_blocks.10"},
+    **{name: {"stride4": "layer1", "stride8": "layer2", "stride16": "layer3"}
+       for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")},
+    "small-cnn": {"stride4": "features"},
+    # VGG16 (the paper's VOC backbone): the ReLUs before pool3, pool4 and pool5
+    "vgg16": {"stride4": "features.15", "stride8": "features.22", "stride16": "features.29"},
+}
+
+
+@dataclass(frozen=True)
+class RefineParams:
+    """Settings of ``refine-cams`` (see the module docstring). PAR: ``dilations``, ``iterations``
+    (default 10 for par), ``w_rgb``, ``w_pos``. Affinity: ``layers`` (strides or dotted names of
+    the backbone; empty: every stride :data:`FEATURE_LAYERS` names for the model family),
+    ``dim`` of the affinity features, ``conf_fg`` / ``conf_bg`` (numbers, or ``None``: the source's
+    eval-cams best threshold + ``fg_margin`` / - ``bg_margin``), training ``radius``, ``epochs``,
+    ``lr``, ``batch_size``, ``seed``; random walk ``beta``, ``iterations`` (default 256),
+    ``walk_radius``."""
+
+    method: str = "par"
+    dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+    iterations: int | None = None
+    w_rgb: float = 0.3
+    w_pos: float = 0.01
+    layers: tuple[str, ...] = ()
+    dim: int = 64
+    conf_fg: float | None = None
+    conf_bg: float | None = None
+    fg_margin: float = 0.15
+    bg_margin: float = 0.10
+    radius: int = 5
+    epochs: int = 8
+    lr: float = 1e-3
+    batch_size: int = 16
+    seed: int = 0
+    beta: float = 8.0
+    walk_radius: int = 5
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"refinement method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.iterations is not None and self.iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        for name in ("conf_fg", "conf_bg"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.epochs < 1 or self.batch_size < 1 or self.dim < 1:
+            raise ValueError("epochs, batch_size and dim must be >= 1")
+
+    @property
+    def steps(self) -> int:
+        if self.iterations is not None:
+            return int(self.iterations)
+        return 10 if self.method == "par" else 256
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings that matter for ``method`` (stored in ``meta.json``)."""
+        values = asdict(self)
+        par = ("dilations", "w_rgb", "w_pos")
+        learned = ("layers", "dim", "conf_fg", "conf_bg", "fg_margin", "bg_margin", "radius", "epochs", "lr",
+                   "batch_size", "seed", "beta", "walk_radius")
+        drop = learned if self.method == "par" else par
+        values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if k not in drop}
+        values["iterations"] = self.steps
+        return values
+
+
+# ----------------------------------------------------------------------------- affinity network
+class FeatureTap(nn.Module):
+    """The frozen activations of named layers of a classifier (forward hooks).
+
+    ``forward(images (B, 3, H, W))`` -> list of ``(B, C_l, H / s_l, W / s_l)``, in ``names`` order.
+    The classifier stays in eval mode and gets no gradient."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        super().__init__()
+        modules = dict(model.named_modules())
+        missing = [name for name in names if name not in modules]
+        if missing:
+            raise ValueError(f"the classifier has no layer {missing[0]!r}")
+        self.model = model.eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.names = list(names)
+        self._store: dict[str, torch.Tensor] = {}
+        for name in self.names:
+            modules[name].register_forward_hook(lambda _m, _i, out, name=name: self._store.__setitem__(name, out))
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        self._store.clear()
+        self.model(images)
+        return [self._store[name].detach() for name in self.names]
+
+
+class AffinityHead(nn.Module):
+    """A small head that maps multi-stride backbone features to affinity features.
+
+    Each input ``(B, C_l, h_l, w_l)`` gets a 1x1 convolution to 32 channels and a ReLU, is resized
+    bilinearly to the first (finest) input's grid, and the concatenation goes through a 1x1
+    convolution to ``dim`` channels: ``(B, dim, h_0, w_0)``. Affinities of two positions are
+    ``exp(-mean_c |f_i - f_j|)`` (:func:`~gainet.wsss.affinity.feature_affinity`)."""
+
+    def __init__(self, channels: Sequence[int], dim: int = 64) -> None:
+        super().__init__()
+        self.reduce = nn.ModuleList(nn.Sequential(nn.Conv2d(c, 32, 1), nn.ReLU(inplace=True)) for c in channels)
+        self.project = nn.Conv2d(32 * len(channels), dim, 1)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = features[0].shape[-2:]
+        parts = [F.interpolate(reduce(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size
+                 else reduce(f) for reduce, f in zip(self.reduce, features)]
+        return self.project(torch.cat(parts, dim=1))
+
+
+def feature_layers(model_name: str, layers: Sequence[str]) -> list[str]:
+    """Module names of ``layers`` (``stride4`` / ``stride8`` / ``stride16`` or dotted names; empty:
+    all the family's named strides, finest first) for ``model_name``; one-line error for a stride
+    the model family does not name."""
+    named = FEATURE_LAYERS.get(model_name, {})
+    if not layers:
+        if not named:
+            raise ValueError(f"no feature layers are named for model {model_name!r}; give dotted module names")
+        layers = list(named)
+    names = []
+    for layer in layers:
+        if layer.startswith("stride") and layer[6:].isdigit():
+            if layer not in named:
+                known = ", ".join(named) if named else "none; give dotted module names"
+                raise ValueError(f"feature layer {layer!r} is not named for model {model_name!r} (named: {known})")
+            names.append(named[layer])
+        else:
+            names.append(layer)
+    return names
+
+
+def seed_thresholds(params: RefineParams, cams_dir: Path) -> tuple[float, float]:
+    """``(conf_fg, conf_bg)``: the given numbers, or the source's eval-cams best threshold plus
+    ``fg_margin`` / minus ``bg_margin`` (clipped to [0, 1])."""
+    if params.conf_fg is not None and params.conf_bg is not None:
+        fg, bg = params.conf_fg, params.conf_bg
+    else:
+        path = cams_dir / EVAL_CAMS_JSON
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; run gainet eval-cams on the seeds or give --conf-fg and "
+                                    "--conf-bg")
+        best = float(json.loads(path.read_text())["best_threshold"])
+        fg = params.conf_fg if params.conf_fg is not None else min(1.0, best + params.fg_margin)
+        bg = params.conf_bg if params.conf_bg is not None else max(0.0, best - params.bg_margin)
+    if not 0.0 <= bg <= fg <= 1.0:
+        raise ValueError(f"need 0 <= conf_bg ({bg}) <= conf_fg ({fg}) <= 1")
+    return round(fg, 6), round(bg, 6)
+
+
+def _network_input(image: np.ndarray, meta: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """The classifier's input for a native image: normalised, resized to its square training size."""
+    tensor = to_input(image, meta["mean"], meta["std"], device)
+    size = int(meta["train_size"])
+    return F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _seed_grid(keys: np.ndarray, maps: np.ndarray, num_classes: int, fg: float, bg: float,
+               size: tuple[int, int]) -> torch.Tensor:
+    """int64 ``(h, w)`` seed labels (0 bg, 1 + class, 255 unsure) on the feature grid (nearest)."""
+    label = torch.from_numpy(pseudo_label(keys, maps, num_classes, fg, bg).astype(np.int64))
+    return F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+
+
+def train_affinity(tap: FeatureTap, head: AffinityHead, inputs: list[torch.Tensor], seeds: list[torch.Tensor],
+                   params: RefineParams, *, progress: bool = True) -> list[float]:
+    """Train ``head`` on the seeds (AffinityNet's pairs within ``params.radius``, the backbone
+    frozen). ``inputs``: classifier inputs ``(1, 3, S, S)``; ``seeds``: ``(h, w)`` labels on the
+    head's grid. Features are computed once and kept. Returns the mean loss of each epoch."""
+    generator = torch.Generator().manual_seed(params.seed)
+    torch.manual_seed(params.seed)
+    cached = []
+    for start in range(0, len(inputs), params.batch_size):
+        cached.append(tap(torch.cat(inputs[start:start + params.batch_size])))
+    features = [torch.cat([batch[level] for batch in cached]) for level in range(len(cached[0]))]
+    labels = torch.stack(seeds)
+    offsets = disc_offsets(params.radius, half=True)
+    bg_pos, fg_pos, neg = pair_labels(labels, offsets)
+    optimizer = torch.optim.Adam(head.parameters(), lr=params.lr)
+    losses = []
+    head.train()
+    for _epoch in progress_bar(range(params.epochs), desc="train affinity", enabled=progress):
+        order = torch.randperm(labels.shape[0], generator=generator)
+        total, batches = 0.0, 0
+        for start in range(0, len(order), params.batch_size):
+            index = order[start:start + params.batch_size]
+            affinity, _ = feature_affinity(head([f[index] for f in features]), offsets)
+            loss = affinity_loss(affinity, bg_pos[index], fg_pos[index], neg[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, batches = total + loss.item(), batches + 1
+        losses.append(total / max(1, batches))
+    head.eval()
+    return losses
+
+
+# ----------------------------------------------------------------------------- the stage
+def refine_cams(
+    cams_dir: str | Path,
+    output_dir: str | Path,
+    params: RefineParams | None = None,
+    *,
+    data_root: str | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``output_dir/cams/<image_id>.npy`` for every image of a ``make-cams`` output ``cams_dir``,
+    refined by ``params.method`` (see the module docstring), plus ``meta.json`` (and
+    ``affinity.pt`` for ``affinity``). Returns ``{"written", "skipped", "images", "output",
+    "seconds": {"train", "refine"}, "losses"}``."""
+    params = params or RefineParams()
+    cams_dir, output = Path(cams_dir), Path(output_dir)
+    if output.resolve() == cams_dir.resolve():
+        raise ValueError(f"{output}: the refined maps need another folder than their seeds")
+    meta = io.read_meta(cams_dir, CAMS_STAGE, "gainet make-cams")
+    dataset, classes = io.open_stage_dataset(meta, data_root)
+    folder = cams_dir / CAMS_DIR
+    require_complete(folder, dataset, ".npy", "gainet make-cams")
+    settings = params.to_dict()
+    if params.method == "affinity":
+        settings["conf_fg"], settings["conf_bg"] = seed_thresholds(params, cams_dir)
+    refined_meta = {**meta, "source": str(cams_dir.resolve()), "refinement": settings,
+                    "data": {**meta["data"], **({"root": str(data_root)} if data_root else {})}}
+    io.claim_folder(output, refined_meta, ["source", "data", "refinement"], overwrite)
+    out_dir = output / CAMS_DIR
+    torch_device = torch.device(device)
+    total = dataset.wsss_size
+    todo = [i for i in range(total)
+            if overwrite or not io.item_path(out_dir, dataset.image_id(i), ".npy").is_file()]
+    seconds = {"train": 0.0, "refine": 0.0}
+    losses: list[float] = []
+    tap = head = None
+    if params.method == "affinity" and todo:
+        started = time.perf_counter()
+        tap, head, losses = _affinity_model(meta, dataset, folder, output, settings, params, torch_device,
+                                            overwrite, progress)
+        seconds["train"] = time.perf_counter() - started
+    started = time.perf_counter()
+    bar = progress_bar(total=len(todo), desc=f"refine-cams {params.method}", enabled=progress, dynamic_ncols=True)
+    # PAR's neighbour tensors are (B, 3, 8 x dilations, H, W) at native size: one image at a time
+    for chunk in _chunks(dataset, folder, todo, params.batch_size if params.method == "affinity" else 1):
+        refined = _refine_chunk(chunk, params, meta, tap, head, torch_device)
+        for (item, keys, _), maps in zip(chunk, refined):
+            io.save_cams(io.item_path(out_dir, item.image_id, ".npy"), keys, maps, str(meta.get("dtype", "float16")))
+        bar.update(len(chunk))
+    bar.close()
+    seconds["refine"] = time.perf_counter() - started
+    logger.info("refine-cams: %d written, %d already there, in %s", len(todo), total - len(todo), out_dir)
+    return {"written": len(todo), "skipped": total - len(todo), "images": total, "output": str(output),
+            "seconds": seconds, "losses": losses}
+
+
+def _chunks(dataset, folder: Path, indices: list[int], size: int):
+    """Lists of up to ``size`` consecutive ``(raw item, keys, maps)`` whose images have one shape."""
+    chunk: list = []
+    for index in indices:
+        item = io.raw_item(dataset, index)
+        keys, maps = io.load_cams(io.item_path(folder, item.image_id, ".npy"))
+        if chunk and (len(chunk) == size or chunk[0][0].image.shape != item.image.shape):
+            yield chunk
+            chunk = []
+        chunk.append((item, keys, maps))
+    if chunk:
+        yield chunk
+
+
+@torch.no_grad()
+def _refine_chunk(chunk: list, params: RefineParams, meta: dict[str, Any], tap: FeatureTap | None,
+                  head: AffinityHead | None, device: torch.device) -> list[np.ndarray]:
+    """Refined ``(K_b, H, W)`` float32 maps in [0, 1] of a chunk of same-size images, computed as
+    one batch: each image's maps padded with zero maps to the chunk's largest ``K`` (a zero map
+    propagates to zero), the padding dropped again."""
+    most = max(keys.size for _, keys, _ in chunk)
+    height, width = chunk[0][0].image.shape[:2]
+    if most == 0:
+        return [maps for _, _, maps in chunk]
+    stacked = torch.zeros(len(chunk), most, height, width)
+    for b, (_, keys, maps) in enumerate(chunk):
+        stacked[b, :keys.size] = torch.from_numpy(maps)
+    stacked = stacked.to(device)
+    if params.method == "par":
+        images = torch.stack([torch.from_numpy(np.ascontiguousarray(item.image)) for item, _, _ in chunk])
+        images = images.permute(0, 3, 1, 2).float().to(device) / 255.0
+        refined = par_refine(images, stacked, dilations=params.dilations, iterations=params.steps,
+                             w_rgb=params.w_rgb, w_pos=params.w_pos)
+    else:
+        inputs = torch.cat([_network_input(item.image, meta, device) for item, _, _ in chunk])
+        embedding = head(tap(inputs))
+        small = F.interpolate(stacked, size=embedding.shape[-2:], mode="area")
+        walked = random_walk(small, embedding, radius=params.walk_radius, beta=params.beta, iterations=params.steps)
+        refined = F.interpolate(walked, size=(height, width), mode="bilinear", align_corners=False)
+    return [normalise_maps(refined[b, :keys.size]).cpu().numpy() if keys.size else maps
+            for b, (_, keys, maps) in enumerate(chunk)]
+
+
+def _affinity_model(meta, dataset, folder: Path, output: Path, settings: dict[str, Any], params: RefineParams,
+                    device: torch.device, overwrite: bool, progress: bool) -> tuple[FeatureTap, AffinityHead, list]:
+    """The feature tap on the seeds' classifier and the trained affinity head (loaded from
+    ``output/affinity.pt`` when its settings match, else trained and saved there)."""
+    from gainet.runner import load_trained
+
+    checkpoint = meta.get("checkpoint")
+    if not checkpoint or not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"{checkpoint}: the seeds' classifier checkpoint is needed for the affinity head")
+    gain, config, _ = load_trained(checkpoint, device)
+    tap = FeatureTap(gain.model, feature_layers(config.model, params.layers))
+    probe = tap(torch.zeros(1, 3, int(meta["train_size"]), int(meta["train_size"]), device=device))
+    torch.manual_seed(params.seed)
+    head = AffinityHead([f.shape[1] for f in probe], params.dim).to(device)
+    path = output / AFFINITY_FILE
+    # the walk's settings do not change the head: a folder re-walked with another beta or number
+    # of iterations (--overwrite) keeps its trained head
+    settings = {k: v for k, v in settings.items() if k not in ("iterations", "beta", "walk_radius")}
+    if path.is_file() and not overwrite:
+        stored = torch.load(path, map_location=device, weights_only=True)
+        if stored.get("settings") == json.loads(json.dumps(settings)):
+            head.load_state_dict(stored["head"])
+            return tap, head.eval(), list(stored.get("losses", []))
+    grid = tuple(probe[0].shape[-2:])
+    inputs, seeds = [], []
+    fg, bg = settings["conf_fg"], settings["conf_bg"]
+    for _, item in progress_bar(io.iterate(dataset), total=dataset.wsss_size, desc="affinity seeds",
+                                enabled=progress):
+        keys, maps = io.load_cams(io.item_path(folder, item.image_id, ".npy"))
+        inputs.append(_network_input(item.image, meta, device))
+        seeds.append(_seed_grid(keys, maps, len(meta["classes"]), fg, bg, grid).to(device))
+    losses = train_affinity(tap, head, inputs, seeds, params, progress=progress)
+    torch.save({"settings": json.loads(json.dumps(settings)), "head": head.state_dict(), "losses": losses}, path)
+    return tap, head, losses

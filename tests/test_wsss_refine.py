@@ -1,0 +1,297 @@
+"""refine-cams: PAR and the affinity random walk against dense float64 numpy references, a toy
+edge that only the affinities can find, the pair labels of AffinityNet, and the stage through
+the CLI (resume, refusals, eval-cams and pseudo-labels reading its output)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gainet.cli import main
+from gainet.training.config import TrainConfig
+from gainet.training.trainer import train
+from gainet.wsss import data as io
+from gainet.wsss.affinity import (
+    affinity_loss, disc_offsets, feature_affinity, pair_labels, par_offsets, par_refine, random_walk, shifted,
+)
+from gainet.wsss.refine import RefineParams, refine_cams
+
+
+# ----------------------------------------------------------------------------- dense references
+def dense_random_walk(maps: np.ndarray, features: np.ndarray, radius: int, beta: float, steps: int) -> np.ndarray:
+    """float64: T = row-normalised A^beta over the disc (self included), v <- T v, as matrices."""
+    d, h, w = features.shape
+    pos = np.array([(i, j) for i in range(h) for j in range(w)])
+    f = features.reshape(d, -1).T.astype(np.float64)
+    dist2 = ((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)
+    a = np.exp(-np.abs(f[:, None, :] - f[None, :, :]).mean(-1)) * (dist2 < radius * radius)
+    t = a ** beta
+    t /= t.sum(1, keepdims=True)
+    v = maps.reshape(maps.shape[0], -1).T.astype(np.float64)
+    return (np.linalg.matrix_power(t, steps) @ v).T.reshape(maps.shape)
+
+
+def dense_par(image: np.ndarray, maps: np.ndarray, dilations, steps: int, w_rgb: float, w_pos: float) -> np.ndarray:
+    """float64 PAR written per pixel from the definition (docstring of par_weights), as a matrix."""
+    _, h, w = image.shape
+    offsets = []
+    for d in dilations:
+        for dy in (-d, 0, d):
+            for dx in (-d, 0, d):
+                if (dy, dx) != (0, 0) and (dy, dx) not in offsets:
+                    offsets.append((dy, dx))
+    dist = np.array([math.hypot(*o) for o in offsets])
+    s_pos = dist.std(ddof=1)
+    m = np.zeros((h * w, h * w))
+    img = image.astype(np.float64)
+    for i in range(h):
+        for j in range(w):
+            nb = [(i + dy, j + dx, k) for k, (dy, dx) in enumerate(offsets) if 0 <= i + dy < h and 0 <= j + dx < w]
+            colours = np.stack([img[:, y, x] for y, x, _ in nb])             # (n, 3)
+            s = colours.std(0) + 1e-8
+            k_rgb = -((np.abs(img[:, i, j] - colours) / (w_rgb * s)) ** 2).mean(1)
+            k_pos = -(dist[[k for _, _, k in nb]] / (w_rgb * (s_pos + 1e-8))) ** 2
+            soft = lambda z: np.exp(z - z.max()) / np.exp(z - z.max()).sum()  # noqa: E731
+            weight = (soft(k_rgb) + w_pos * soft(k_pos)) / (1 + w_pos)
+            for (y, x, _), wt in zip(nb, weight):
+                m[i * w + j, y * w + x] += wt
+    v = maps.reshape(maps.shape[0], -1).T.astype(np.float64)
+    return (np.linalg.matrix_power(m, steps) @ v).T.reshape(maps.shape)
+
+
+def test_random_walk_equals_the_dense_matrix_power() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(3, 5, 6)).astype(np.float32)
+    maps = rng.uniform(size=(2, 5, 6)).astype(np.float32)
+    got = random_walk(torch.from_numpy(maps)[None], torch.from_numpy(features)[None], radius=3, beta=2.0,
+                      iterations=4)[0].numpy()
+    np.testing.assert_allclose(got, dense_random_walk(maps, features, 3, 2.0, 4), rtol=1e-5, atol=1e-6)
+
+
+def test_par_equals_a_per_pixel_float64_reference() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.uniform(size=(3, 7, 8)).astype(np.float32)
+    maps = rng.uniform(size=(2, 7, 8)).astype(np.float32)
+    got = par_refine(torch.from_numpy(image)[None], torch.from_numpy(maps)[None], dilations=(1, 2), iterations=3,
+                     w_rgb=0.3, w_pos=0.5)[0].numpy()
+    np.testing.assert_allclose(got, dense_par(image, maps, (1, 2), 3, 0.3, 0.5), rtol=1e-5, atol=1e-6)
+
+
+def test_shifted_reads_the_neighbour_and_marks_the_border() -> None:
+    x = torch.arange(12.0).view(1, 1, 3, 4)
+    out, valid = shifted(x, [(0, 1), (-1, 0)])
+    assert out[0, 0, 0, 1, 2] == x[0, 0, 1, 3] and out[0, 0, 1, 1, 2] == x[0, 0, 0, 2]
+    assert not valid[0, :, 3].any() and valid[0, :, :3].all() and not valid[1, 0].any()
+
+
+# ----------------------------------------------------------------------------- the edge test
+def two_regions(width: int = 64, edge: int = 24, seed_edge: int = 19, flat: bool = False):
+    """A (1, 3, 24, width) image, left of ``edge`` one colour, right another (plus noise), and a
+    blurred seed map (1, 1, 24, width) whose 0.5 crossing lies at ``seed_edge``, inside the left
+    region: the object is the left region, the seed under-covers it by ``edge - seed_edge`` px."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.empty(1, 3, 24, width)
+    image[..., :edge] = torch.tensor([0.2, 0.4, 0.8]).view(1, 3, 1, 1)
+    image[..., edge:] = torch.tensor([0.9, 0.5, 0.1]).view(1, 3, 1, 1)
+    if flat:
+        image[:] = 0.5
+    image = image + 0.01 * torch.randn(image.shape, generator=g)
+    x = torch.arange(width, dtype=torch.float32)
+    seed = torch.sigmoid((seed_edge - 0.5 - x) / 2.0).view(1, 1, 1, width).expand(1, 1, 24, width).contiguous()
+    return image, seed
+
+
+def crossing(maps: torch.Tensor) -> float:
+    """Mean column where the normalised map first drops to <= 0.5 (the segment's right edge)."""
+    m = maps[0, 0]
+    m = (m - m.min()) / (m.max() - m.min())
+    return float((m > 0.5).float().sum(1).mean())
+
+
+def test_par_moves_a_blurred_seed_to_the_colour_edge_and_needs_the_colours() -> None:
+    image, seed = two_regions()
+    assert abs(crossing(seed) - 19) < 0.5
+    assert abs(crossing(par_refine(image, seed)) - 24) <= 1.0
+    flat, _ = two_regions(flat=True)  # same seed, no colour edge: the edge must not move there
+    assert abs(crossing(par_refine(flat, seed)) - 24) >= 3.0
+
+
+def test_random_walk_moves_the_seed_to_the_feature_edge_and_needs_the_affinities() -> None:
+    image, seed = two_regions()
+    features = 20 * image  # affinities ~1 inside a region, ~exp(-10) across the edge
+    assert abs(crossing(random_walk(seed, features, radius=5, beta=8.0, iterations=16)) - 24) <= 1.0
+    flat = torch.zeros_like(features)  # every affinity 1: plain diffusion
+    assert abs(crossing(random_walk(seed, flat, radius=5, beta=8.0, iterations=16)) - 24) >= 3.0
+
+
+# ----------------------------------------------------------------------------- affinity training
+def test_pair_labels_match_a_numpy_count() -> None:
+    rng = np.random.default_rng(2)
+    labels = rng.choice([0, 1, 2, 255], size=(2, 6, 7))
+    offsets = disc_offsets(3, half=True)
+    bg, fg, neg = pair_labels(torch.from_numpy(labels), offsets)
+    counts = np.zeros(3, np.int64)
+    for b in range(2):
+        for i in range(6):
+            for j in range(7):
+                for dy, dx in offsets:
+                    y, x = i + dy, j + dx
+                    if not (0 <= y < 6 and 0 <= x < 7):
+                        continue
+                    p, q = labels[b, i, j], labels[b, y, x]
+                    if 255 in (p, q):
+                        continue
+                    counts[0 if p == q == 0 else 1 if p == q else 2] += 1
+    assert [int(bg.sum()), int(fg.sum()), int(neg.sum())] == counts.tolist()
+    assert len(offsets) == len(disc_offsets(3)) // 2 and (0, 0) not in offsets and (0, 0) in disc_offsets(3, centre=True)
+
+
+def test_affinity_loss_is_low_for_the_right_affinities_and_trains_features_apart() -> None:
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[:, :, 4:] = 1
+    offsets = disc_offsets(3, half=True)
+    masks = pair_labels(labels, offsets)
+    features = torch.zeros(1, 4, 8, 8, requires_grad=True)
+    optimizer = torch.optim.Adam([features], lr=0.1)
+    start = None
+    for _ in range(60):
+        affinity, _ = feature_affinity(features + 0.01 * torch.arange(64.0).view(1, 1, 8, 8), offsets)
+        loss = affinity_loss(affinity, *masks)
+        start = float(loss.detach()) if start is None else start
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.2 * start
+    affinity, _ = feature_affinity(features.detach(), [(0, 1)])
+    assert affinity[0, 0, :, 3].max() < 0.2 and affinity[0, 0, :, :3].min() > 0.8  # across vs inside
+
+
+def test_offsets_and_params_reject_bad_input() -> None:
+    assert len(par_offsets((1, 2))) == 16 and len(par_offsets((1, 1))) == 8
+    with pytest.raises(ValueError, match="dilations"):
+        par_offsets((0,))
+    with pytest.raises(ValueError, match="radius"):
+        disc_offsets(1)
+    with pytest.raises(ValueError, match="method"):
+        RefineParams(method="crf")
+    with pytest.raises(ValueError, match="conf_fg"):
+        RefineParams(method="affinity", conf_fg=1.5)
+
+
+# ----------------------------------------------------------------------------- the stage
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("refine")
+    config = TrainConfig(dataset="parts", train_images=16, val_images=8, batch_size=8, image_size=32,
+                         model="small-cnn", model_width=8, epochs=1, warmup_epochs=0, method="cam", progress=False,
+                         tensorboard=False, threads=1, output_dir=str(root / "cls"))
+    train(config)
+    assert main(["make-cams", "--checkpoint", str(root / "cls" / "last.pt"), "--output", str(root / "cams"),
+                 "--attention-layer", "stride4", "--device", "cpu", "--no-progress"]) == 0
+    assert main(["eval-cams", "--cams", str(root / "cams"), "--no-progress"]) == 0
+    return root
+
+
+def test_refine_cams_par_and_affinity_through_the_cli(seeds: Path, capsys) -> None:
+    cams = seeds / "cams"
+    for method in ("par", "affinity"):
+        out = seeds / f"refined-{method}"
+        extra = ["--epochs", "2", "--iterations", "8"] if method == "affinity" else []
+        assert main(["refine-cams", "--cams", str(cams), "--output", str(out), "--method", method, *extra,
+                     "--no-progress"]) == 0
+        assert "16 written" in capsys.readouterr().out
+        files = sorted((out / "cams").glob("*.npy"))
+        assert len(files) == 16
+        keys, maps = io.load_cams(files[0])
+        src_keys, src_maps = io.load_cams(cams / "cams" / files[0].name)
+        assert keys.tolist() == src_keys.tolist() and maps.shape == src_maps.shape
+        assert 0 <= maps.min() and maps.max() <= 1 and not np.allclose(maps, src_maps, atol=1e-3)
+        meta = json.loads((out / "meta.json").read_text())
+        assert meta["stage"] == "cams" and meta["refinement"]["method"] == method
+        # resume: one file removed -> only it is redone
+        files[3].unlink()
+        assert main(["refine-cams", "--cams", str(cams), "--output", str(out), "--method", method, *extra,
+                     "--no-progress"]) == 0
+        assert "1 written, 15 already there" in capsys.readouterr().out
+        # the refined folder is a cams folder for the next stages
+        assert main(["eval-cams", "--cams", str(out), "--no-progress"]) == 0
+        assert main(["pseudo-labels", "--cams", str(out), "--output", str(seeds / f"labels-{method}"),
+                     "--no-progress"]) == 0
+        assert len(list((seeds / f"labels-{method}" / "labels").glob("*.png"))) == 16
+        capsys.readouterr()
+    assert (seeds / "refined-affinity" / "affinity.pt").is_file()
+    # other settings into a finished folder: refused with one line, unless --overwrite
+    assert main(["refine-cams", "--cams", str(cams), "--output", str(seeds / "refined-par"), "--iterations", "3",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "other settings" in err and len(err.splitlines()) == 1
+    assert main(["refine-cams", "--cams", str(cams), "--output", str(seeds / "refined-par"), "--iterations", "3",
+                 "--overwrite", "--no-progress"]) == 0
+    assert "16 written" in capsys.readouterr().out
+    # into its own seeds' folder, or from a folder that is not a cams folder: refused
+    assert main(["refine-cams", "--cams", str(cams), "--output", str(cams), "--no-progress"]) == 2
+    assert "another folder" in capsys.readouterr().err
+    assert main(["refine-cams", "--cams", str(seeds / "labels-par"), "--output", str(seeds / "x"),
+                 "--no-progress"]) == 2
+    assert "not cams" in capsys.readouterr().err
+
+
+def test_refine_matches_its_own_function_on_the_seeds(seeds: Path) -> None:
+    """The stage's PAR output equals par_refine on the image and the seed maps, renormalised."""
+    from gainet.core import normalise_maps
+
+    result = refine_cams(seeds / "cams", seeds / "direct-par", RefineParams(method="par", iterations=4),
+                         progress=False)
+    assert result["written"] == 16
+    meta = json.loads((seeds / "cams" / "meta.json").read_text())
+    dataset = io.open_dataset(meta["data"])
+    item = io.raw_item(dataset, 5)
+    keys, maps = io.load_cams(seeds / "cams" / "cams" / f"{item.image_id}.npy")
+    image = torch.from_numpy(item.image).permute(2, 0, 1)[None].float() / 255
+    expected = normalise_maps(par_refine(image, torch.from_numpy(maps)[None], iterations=4)[0]).numpy()
+    _, got = io.load_cams(seeds / "direct-par" / "cams" / f"{item.image_id}.npy")
+    np.testing.assert_allclose(got, expected, atol=2e-3)  # float16 storage
+
+
+def test_make_cams_class_agnostic_gives_one_map_for_every_class(seeds: Path) -> None:
+    out = seeds / "agnostic"
+    assert main(["make-cams", "--checkpoint", str(seeds / "cls" / "last.pt"), "--output", str(out),
+                 "--class-agnostic", "--device", "cpu", "--no-progress"]) == 0
+    multi = [io.load_cams(p) for p in sorted((out / "cams").glob("*.npy"))]
+    multi = [maps for keys, maps in multi if len(keys) > 1]
+    assert multi and all(np.array_equal(maps[0], maps[1]) for maps in multi)
+    with pytest.raises(ValueError, match="not named"):
+        from gainet.wsss.cams import make_cams
+
+        make_cams(seeds / "cls" / "last.pt", seeds / "bad", attention_layer="stride16", device="cpu", progress=False)
+
+
+def test_refine_cams_on_a_tiny_voc_layout_tree_keeps_native_sizes(tmp_path: Path) -> None:
+    """VOC-layout smoke test: images of different native sizes (chunks of one shape), both methods."""
+    from conftest import build_voc_tree
+
+    voc = tmp_path / "VOC2012"
+    expected = build_voc_tree(voc)
+    config = TrainConfig(dataset="voc", data_root=str(voc), train_split="train", val_split="val", batch_size=2,
+                         image_size=32, model="small-cnn", model_width=8, epochs=1, warmup_epochs=0, method="cam",
+                         progress=False, tensorboard=False, threads=1, output_dir=str(tmp_path / "cls"))
+    train(config)
+    out = tmp_path / "wsss"
+    assert main(["make-cams", "--checkpoint", str(tmp_path / "cls" / "last.pt"), "--output", str(out / "cams"),
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert main(["eval-cams", "--cams", str(out / "cams"), "--no-progress"]) == 0
+    for method in ("par", "affinity"):
+        assert main(["refine-cams", "--cams", str(out / "cams"), "--output", str(out / method), "--method", method,
+                     "--epochs", "1", "--iterations", "4", "--no-progress"]) == 0
+        for image_id in ("img_a", "img_b"):
+            keys, maps = io.load_cams(out / method / "cams" / f"{image_id}.npy")
+            assert maps.shape == (len(keys), *expected[image_id]["mask"].shape)
+        assert main(["eval-cams", "--cams", str(out / method), "--no-progress"]) == 0
+        assert main(["pseudo-labels", "--cams", str(out / method), "--output", str(out / f"labels-{method}"),
+                     "--no-progress"]) == 0
+        assert io.load_index_png(out / f"labels-{method}" / "labels" / "img_a.png").shape == (60, 80)
