@@ -247,6 +247,7 @@ def train_and_evaluate(config: TrainConfig, test_sets: dict[str, Any],
         cached = json.loads(cache.read_text())
         if _cache_key(cached.get("config", {})) == _cache_key(config.to_dict()):
             return cached
+    config = _continue_or_refuse(config)
     started = time.perf_counter()
     trainer = Trainer(config)
     trainer.fit()
@@ -260,9 +261,36 @@ def train_and_evaluate(config: TrainConfig, test_sets: dict[str, Any],
 
 
 def _cache_key(values: dict[str, Any]) -> dict[str, Any]:
-    """What a run's result depends on (not threads, progress bars, logs or where it was written)."""
+    """What a run's result depends on (not threads, progress bars, logs, where it was written or
+    how it was started)."""
     return {k: v for k, v in values.items()
-            if k not in ("threads", "progress", "tensorboard", "num_workers", "output_dir")}
+            if k not in ("threads", "progress", "tensorboard", "num_workers", "output_dir", "resume", "overwrite")}
+
+
+def _continue_or_refuse(config: TrainConfig) -> TrainConfig:
+    """How to train a run whose evaluation is not cached: afresh into an empty directory; resumed
+    (``resume="auto"``) where an interrupted run with the same settings left its files; and where
+    the directory holds a run with other settings, retrained only with ``--overwrite`` (which
+    deletes its files), else refused in one line: a study re-run with one option changed never
+    replaces the runs it had."""
+    from gainet.outputs import existing_outputs
+    from gainet.training.config import load_yaml
+    from gainet.training.trainer import RUN_MARKERS
+
+    directory = Path(config.output_dir)
+    found = existing_outputs(directory, (*RUN_MARKERS, "result.json"))
+    if not found or config.overwrite:
+        return config
+    recorded_file = directory / "config.yaml"
+    recorded = _cache_key(load_yaml(recorded_file)) if recorded_file.is_file() else {}
+    wanted = _cache_key(config.to_dict())
+    if recorded == wanted and (directory / "last.pt").is_file():
+        return config.replace(resume="auto")
+    changed = [k for k in wanted if k in recorded and recorded[k] != wanted[k]]
+    what = (f"{changed[0]}={recorded[changed[0]]!r}, asked {wanted[changed[0]]!r}" if changed
+            else f"{found[0].name}, other settings")
+    raise ValueError(f"{directory}: holds a bias-study run trained with other settings ({what}); rerun with "
+                     "--overwrite to retrain such runs (their files are deleted) or choose another --output-dir")
 
 
 def _json_default(value: Any) -> Any:

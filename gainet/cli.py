@@ -136,7 +136,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                                     attention_layer=args.attention_layer, image_size=args.image_size,
                                     device=args.device)
     result = explain_images(args.inputs, explainer, output_dir=args.output, classes=args.classes,
-                            top_k=args.top_k, save_npy=args.save_npy)
+                            top_k=args.top_k, save_npy=args.save_npy, overwrite=args.overwrite)
     line = f"wrote {len(result.written)} overlays to {args.output}"
     if result.skipped:
         file, reason = result.skipped[0]
@@ -417,6 +417,8 @@ def cmd_bias_study(args: argparse.Namespace) -> int:
     for name in ("epochs", "train_images", "image_size", "model_width", "dataset", "data_root", "supervision"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.overwrite:
+        overrides["overwrite"] = True
     run_bias_study(
         args.output, supervised_counts=args.supervised_count, seeds=args.seeds, first_seed=args.first_seed, threads=args.threads,
         progress=not args.no_progress, test_images=args.test_images, reference=not args.no_reference,
@@ -474,6 +476,10 @@ def add_bias_study_command(commands: Any) -> None:
                       help="other training options for every run, e.g. lr=0.001,am_gradient=attention")
     bias.add_argument("--dataset-options", type=_parse_mapping, default=None, metavar="K=V,...",
                       help="dataset options as in `gainet train`, e.g. bias_p=0.99 or '{object_size: [0.07, 0.1]}'")
+    bias.add_argument("--overwrite", action="store_true",
+                      help="retrain the runs whose directory holds a run with other settings: their files are "
+                           "deleted first (without it the study refuses them; runs with the same settings are "
+                           "reused, interrupted ones resumed)")
     bias.add_argument("--threads", type=int, default=None, help="CPU threads")
     bias.add_argument("--no-progress", action="store_true", help="hide progress bars")
     bias.set_defaults(func=cmd_bias_study)
@@ -546,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--top-k", type=int, default=1, help="explain the k highest-scoring classes (k >= 1)")
     explain.add_argument(*OUTPUT_FLAGS, dest="output", default="runs/explain", help="output directory")
     explain.add_argument("--save-npy", action="store_true", help="also save the raw maps as .npy")
+    explain.add_argument("--overwrite", action="store_true",
+                         help="replace overlays of these images that an earlier explain left in the output directory "
+                              "(without it they are refused before anything is written)")
     explain.add_argument("--device", default="auto", help="auto, cpu or cuda")
     explain.set_defaults(func=cmd_explain)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,9 @@ def write_demo_report(output_dir: Path, methods: tuple[str, ...], rows: list[dic
                       for s, c in zip(samples, classes)])
     for method in methods:
         state = load_checkpoint(output_dir / method / "last.pt")
-        gain = build_gain(TrainConfig.from_dict(state["config"]), len(state["classes"]), state["multi_label"])
+        # trained above, where its attention layer was logged: said once per model, not again here
+        gain = build_gain(TrainConfig.from_dict(state["config"]), len(state["classes"]), state["multi_label"],
+                          log_level=logging.DEBUG)
         gain.load_state_dict(state["model"])
         _, maps = gain.eval().explain(images, classes)
         grid_rows.append([overlay(denormalise(s["image"], dataset.mean, dataset.std), m)

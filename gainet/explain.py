@@ -6,6 +6,7 @@ Sits above models, core, data, evaluation and the runner (which loads checkpoint
 
 from __future__ import annotations
 
+import glob
 import logging
 import re
 from collections import Counter
@@ -21,7 +22,9 @@ from gainet.data.errors import DataError
 from gainet.data.readers import read_rgb
 from gainet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from gainet.evaluation.overlays import denormalise, overlay, save_png
+from gainet.input_size import check_input_size
 from gainet.models import IMAGENET_NUM_CLASSES, imagenet_categories, load_classifier
+from gainet.outputs import refuse_existing_run
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,8 @@ def checkpoint_explainer(checkpoint: str | Path, device: str = "auto", image_siz
     from gainet.training.trainer import resolve_device
 
     gain, config, state = load_trained(checkpoint, resolve_device(device, DistributedContext()))
+    if image_size is not None:  # the checkpoint's own size was checked when the model was built
+        check_input_size(gain.model, image_size, "--image-size", config.model)
     return Explainer(gain, [str(c) for c in state["classes"]], image_size or config.image_size,
                      tuple(state["mean"]), tuple(state["std"]))
 
@@ -93,6 +98,7 @@ def model_explainer(
     config = getattr(model, "pretrained_cfg", None) or {}  # timm models say how they normalise
     mean = tuple(float(m) for m in config.get("mean", IMAGENET_MEAN))
     std = tuple(float(s) for s in config.get("std", IMAGENET_STD))
+    check_input_size(model, size, "--image-size", name)
     with torch.no_grad():
         outputs = model(torch.zeros(1, 3, size, size)).shape[1]
     names = _class_names(name, outputs)
@@ -184,6 +190,7 @@ def explain_images(
     classes: Sequence[str] | None = None,
     top_k: int = 1,
     save_npy: bool = False,
+    overwrite: bool = False,
 ) -> ExplainResult:
     """Attention overlays ``<stem>_<class>.png`` (and ``.npy`` maps in [0, 1]) for each image.
 
@@ -191,6 +198,8 @@ def explain_images(
     are resized to the explainer's square input and normalised with its statistics. Each image is
     one batch of its classes (one Grad-CAM backward for all of them). Unreadable images are skipped
     and returned in ``skipped``; inputs sharing a stem get distinct names (:func:`output_stems`).
+    Overlays of these images already in ``output_dir`` (an earlier explain) are refused in one line
+    before anything is written, unless ``overwrite`` (then they are replaced).
     """
     if top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {top_k}")
@@ -199,11 +208,16 @@ def explain_images(
     files = image_files(inputs)
     transform = build_transform(explainer.image_size, train=False, mean=explainer.mean, std=explainer.std)
     output = Path(output_dir)
+    stems = output_stems(files)
+    if not overwrite:
+        refuse_existing_run(output, [f"{glob.escape(stem)}_*{suffix}" for stem in stems for suffix in (".png", ".npy")],
+                            what="overlays of these images from an earlier explain", resume=None,
+                            overwrite="replaces them")
     result = ExplainResult([], [])
     from torchvision import tv_tensors
 
     device = explainer.device
-    for path, stem in zip(files, output_stems(files)):
+    for path, stem in zip(files, stems):
         try:
             rgb = read_rgb(path)
         except DataError as error:

@@ -190,6 +190,9 @@ class AttentionBackbone(nn.Module):
         fast_path: use the exact closed form of Grad-CAM weights for heads that are global
             average pooling followed by one linear layer. ``None`` (default) probes the model and
             uses it when it applies; ``False`` never; ``True`` requires it (error if it does not apply).
+        log_level: level of the two lines describing the choices (layer found, Grad-CAM weights):
+            ``logging.DEBUG`` where a caller rebuilds a model it has described already (the demo's
+            report rebuilds each trained model), so a log says it once per model.
 
     The hook keeps the layer's *last* output of a forward pass (a module called several times,
     such as a shared activation, contributes its final call).
@@ -202,12 +205,13 @@ class AttentionBackbone(nn.Module):
         *,
         probe_size: int = 224,
         fast_path: bool | None = None,
+        log_level: int = logging.INFO,
     ) -> None:
         super().__init__()
         self.model = model
         if attention_layer is None:
             name = find_attention_layer(model, probe_size)
-            logger.info("attention layer: %s (found automatically in %s)", name, type(model).__name__)
+            logger.log(log_level, "attention layer: %s (found automatically in %s)", name, type(model).__name__)
             attention_layer = name
         self.layer_name, layer = resolve_layer(model, attention_layer)
         self._features: Tensor | None = None
@@ -220,8 +224,8 @@ class AttentionBackbone(nn.Module):
                 raise ValueError(
                     f"fast_path=True but the head after {self.layer_name!r} is not global-average-pool + linear"
                 )
-        logger.info(
-            "Grad-CAM weights for %s: %s", self.layer_name,
+        logger.log(
+            log_level, "Grad-CAM weights for %s: %s", self.layer_name,
             "closed form W_c / (h*w) (GAP + linear head)" if self.linear_head is not None else "autograd",
         )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -98,7 +100,7 @@ class GAIN(nn.Module):
             (second-order gradient). Default ``False``: ``w^c`` is a constant, as in Grad-CAM and
             METHOD.md ("computing w uses back-propagation but does NOT update weights"); ``A^c``
             still depends differentiably on ``f_l``.
-        fast_path, probe_size: see :class:`~gainet.core.backbone.AttentionBackbone`.
+        fast_path, probe_size, log_level: see :class:`~gainet.core.backbone.AttentionBackbone`.
 
     S_e deviation from the paper's figure: the attention maps that L_e supervises are those of
     the S_cl pass itself rather than of a separate forward pass over the supervised images. With
@@ -122,13 +124,15 @@ class GAIN(nn.Module):
         weights_grad: bool = False,
         fast_path: bool | None = None,
         probe_size: int = 224,
+        log_level: int = logging.INFO,
     ) -> None:
         super().__init__()
         if am_gradient not in ("all", "attention"):
             raise ValueError(f"am_gradient must be 'all' or 'attention', got {am_gradient!r}")
         if erased_batchnorm not in ("batch", "running"):
             raise ValueError(f"erased_batchnorm must be 'batch' or 'running', got {erased_batchnorm!r}")
-        self.backbone = AttentionBackbone(model, attention_layer, probe_size=probe_size, fast_path=fast_path)
+        self.backbone = AttentionBackbone(model, attention_layer, probe_size=probe_size, fast_path=fast_path,
+                                          log_level=log_level)
         self.multi_label = multi_label
         self.sigma = sigma
         self.omega = omega

@@ -136,7 +136,11 @@ class TrainConfig(DictConfig):
     dist_timeout: float = config_field(600.0, "torchrun jobs: seconds a process waits for the others in a collective "
                                               "(process-group start included) before it fails instead of hanging")
     output_dir: str = config_field("runs/train", "where checkpoints, logs and metrics go")
-    resume: str | None = config_field(None, "checkpoint to resume from (or 'auto': output_dir/last.pt if present)")
+    resume: str | None = config_field(None, "checkpoint to resume from (or 'auto': output_dir/last.pt if present); "
+                                      "without it (or --overwrite) an output_dir holding a run is refused")
+    overwrite: bool = config_field(False, "start afresh in an output_dir that holds an earlier run: its files "
+                                          "(last.pt, best.pt, epoch-N.pt, metrics.csv, config.yaml, final.json, "
+                                          "result.json, tensorboard/) are deleted first")
     keep_epoch_checkpoints: bool = config_field(False, "also keep epoch-N.pt for every epoch")
     eval_every: int = config_field(1, "evaluate on the validation split every N epochs (and always at the end)")
     eval_batches: int | None = config_field(None, "cap validation batches (quick runs)")
@@ -185,6 +189,8 @@ class TrainConfig(DictConfig):
             raise ValueError(f"swap_partners must be >= 1, got {self.swap_partners}")
         if self.supervised_share is not None and not 0.0 <= self.supervised_share <= 1.0:
             raise ValueError(f"supervised_share must be in [0, 1], got {self.supervised_share}")
+        if self.overwrite and self.resume:
+            raise ValueError("--overwrite starts afresh and --resume continues: give one of them")
 
     @property
     def guidance_modes(self) -> tuple[str, ...]:
@@ -214,6 +220,7 @@ _BOUNDS = (
 RESUME_RUNTIME_OPTIONS = frozenset({
     "device", "amp", "channels_last", "num_workers", "threads", "output_dir", "resume", "keep_epoch_checkpoints",
     "eval_every", "eval_batches", "progress", "tensorboard", "data_root", "dist_timeout", "grabcut_cache",
+    "overwrite",
 })
 RESUME_OVERRIDES = ("epochs", "lr")
 

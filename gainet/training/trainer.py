@@ -33,7 +33,9 @@ from gainet.core import (
 )
 from gainet.data.errors import skip_summary
 from gainet.evaluation.evaluate import evaluate_gain
+from gainet.input_size import check_input_size
 from gainet.models import attention_layer_name, build_classifier
+from gainet.outputs import refuse_existing_run, remove_outputs
 from gainet.progress import progress_bar
 from gainet.training.checkpoint import (
     load_checkpoint,
@@ -51,6 +53,13 @@ from gainet.training.output_lock import OutputDirLock
 
 logger = logging.getLogger(__name__)
 
+# Files whose presence means the output directory holds a run (finished: final.json; or one that
+# can be resumed: last.pt), and every file a run writes (what --overwrite deletes; result.json is
+# a bias-study run's cached evaluation).
+RUN_MARKERS = ("final.json", "last.pt")
+RUN_FILES = ("last.pt", "best.pt", "epoch-*.pt", "metrics.csv", "config.yaml", "final.json", "result.json",
+             "tensorboard")
+
 
 def resolve_device(name: str, context: DistributedContext) -> torch.device:
     if name == "auto":
@@ -67,16 +76,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_gain(config: TrainConfig, num_classes: int, multi_label: bool) -> GAIN:
-    """The classifier of ``config.model`` wrapped in GAIN with the config's hyperparameters."""
+def build_gain(config: TrainConfig, num_classes: int, multi_label: bool, log_level: int = logging.INFO) -> GAIN:
+    """The classifier of ``config.model`` wrapped in GAIN with the config's hyperparameters;
+    ``log_level`` of the lines describing its attention layer (DEBUG for a model rebuilt again)."""
     pretrained: bool | str = False
     if config.pretrained:
         pretrained = True if config.pretrained in ("imagenet", "true", "True") else config.pretrained
     model = build_classifier(config.model, num_classes, pretrained=pretrained, width=config.model_width)
+    # Before GAIN's probes run the model at this size: a side too small is a one-line error.
+    check_input_size(model, config.image_size, "--image-size", config.model)
     options: dict[str, Any] = dict(
         multi_label=multi_label, sigma=config.sigma, omega=config.omega, alpha=config.alpha,
         omega_e=config.omega_e, am_gradient=config.am_gradient, erased_batchnorm=config.erased_batchnorm,
-        weights_grad=config.weights_grad, probe_size=config.image_size,
+        weights_grad=config.weights_grad, probe_size=config.image_size, log_level=log_level,
     )
     layer = attention_layer_name(config.model, config.attention_layer)  # "stride16" -> its module
     if config.method in ADVERSARIAL_METHODS:
@@ -128,12 +140,24 @@ class Trainer:
         self.overridden: list[str] = []
         if resume_state is not None:
             self.overridden = check_resume(resume_state["config"], config, int(resume_state["epoch"]), self.resume_path)
+        # A run already there is continued (--resume) or replaced on purpose (--overwrite), never
+        # silently: checked on every rank, before anything is written.
+        if not config.resume and not config.overwrite:
+            refuse_existing_run(self.output_dir, RUN_MARKERS)
         # One run per output directory (rank 0 writes every file); temporaries of killed writes go.
         self.lock = OutputDirLock(self.output_dir).acquire() if self.context.is_main else None
         self._writer = None
         try:
             if self.context.is_main:
                 remove_stale_temporaries(self.output_dir)
+                if config.overwrite:  # under the lock: no other run's files are in flight
+                    removed = remove_outputs(self.output_dir, RUN_FILES)
+                    if removed:
+                        logger.info("--overwrite: deleted %d file(s) of the earlier run in %s", len(removed),
+                                    self.output_dir)
+            # The deletion is done; the run's recorded config (config.yaml, checkpoints) is a plain
+            # run, which a later --resume auto can continue.
+            self.config = config = config.replace(overwrite=False)
             self._build(config, resume_state)
         except BaseException:
             self.close()

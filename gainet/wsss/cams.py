@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from gainet.core import GAIN, normalise_maps
 from gainet.evaluation.localization import AttentionSweep, class_agnostic_maps, default_thresholds
 from gainet.evaluation.report import markdown_table
+from gainet.input_size import smallest_input_size
 from gainet.progress import progress_bar
 from gainet.wsss import data as io
 
@@ -174,6 +175,10 @@ def make_cams(
     io.claim_folder(output, meta, ["checkpoint", "data", "scales", "flip", "base_size", "dtype", "attention_layer",
                                    "class_agnostic"], overwrite)
     cams_dir = output / CAMS_DIR
+    # --scales times the base size must stay a side the network takes (measured once per model).
+    smallest = smallest_input_size(gain.model) or 1
+    if base != "native":
+        _check_scaled_size(scaled_sizes((0, 0), base, config.image_size, scales), scales, smallest, config.model, "")
     written = skipped = 0
     total = dataset.wsss_size
     bar = progress_bar(range(total), desc=f"make-cams {spec['split']}", enabled=progress, dynamic_ncols=True)
@@ -183,6 +188,9 @@ def make_cams(
             skipped += 1
             continue
         item = io.raw_item(dataset, index)
+        if base == "native":
+            _check_scaled_size(scaled_sizes(item.image.shape[:2], base, config.image_size, scales), scales,
+                               smallest, config.model, f"{dataset.image_id(index)}: ")
         maps = image_cams(gain, item.image, item.labels, len(classes), mean=state["mean"], std=state["std"],
                           train_size=config.image_size, scales=scales, flip=flip, base=base,
                           class_agnostic=class_agnostic)
@@ -190,6 +198,17 @@ def make_cams(
         written += 1
     logger.info("make-cams: %d written, %d already there, in %s", written, skipped, cams_dir)
     return {"written": written, "skipped": skipped, "images": total, "output": str(output)}
+
+
+def _check_scaled_size(sizes: Sequence[tuple[int, int]], scales: Sequence[float], smallest: int, model: str,
+                       where: str) -> None:
+    """One-line ``ValueError`` naming ``--scales`` / ``--base-size`` when a scaled input is smaller
+    than ``smallest``, the side ``model`` takes at least."""
+    side = min(min(size) for size in sizes)
+    if side < smallest:
+        raise ValueError(f"{where}--scales {min(scales)} gives {side}-pixel inputs, too small "
+                         f"for {model}: the smallest input it takes is {smallest} x {smallest} pixels (raise --scales "
+                         "or --base-size)")
 
 
 def _missing(folder: Path, dataset, suffix: str) -> list[str]:

@@ -47,7 +47,11 @@ class SegConfig(DictConfig):
     num_workers: int = config_field(0, "data-loader worker processes")
     seed: int = config_field(0, "random seed")
     threads: int | None = config_field(None, "CPU threads for torch")
-    resume: str | None = config_field(None, "checkpoint to resume from, or 'auto' (output_dir/last.pt if present)")
+    resume: str | None = config_field(None, "checkpoint to resume from, or 'auto' (output_dir/last.pt if present); "
+                                      "without it (or --overwrite) an output_dir holding a run is refused")
+    overwrite: bool = config_field(False, "start afresh in an output_dir that holds an earlier run: its files "
+                                          "(last.pt, epoch-N.pt, metrics.csv, config.json, final.json) are deleted "
+                                          "first")
     keep_epoch_checkpoints: bool = config_field(False, "also keep epoch-N.pt for every epoch")
     progress: bool = config_field(True, "show progress bars")
 
@@ -56,5 +60,7 @@ class SegConfig(DictConfig):
             raise ValueError(f"unknown segmentation model {self.model!r}; choose one of {', '.join(SEG_MODELS)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}")
+        if self.overwrite and self.resume:
+            raise ValueError("--overwrite starts afresh and --resume continues: give one of them")
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale}")

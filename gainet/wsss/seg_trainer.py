@@ -22,7 +22,9 @@ from gainet.data.transforms import IGNORE_INDEX, JointTransform
 from gainet.evaluation.report import markdown_table
 from gainet.evaluation.segmentation import ConfusionMatrix
 from gainet.progress import progress_bar
+from gainet.outputs import refuse_existing_run, remove_outputs
 from gainet.training.checkpoint import load_checkpoint, remove_stale_temporaries, resolve_resume, save_atomic
+from gainet.training.output_lock import OutputDirLock
 from gainet.wsss import data as io
 from gainet.wsss.cams import parse_base_size, per_class_rows, require_complete, scaled_sizes, to_input
 from gainet.wsss.crf import CRFParams, crf_probabilities
@@ -37,6 +39,9 @@ PREDICTIONS_DIR = "predictions"
 PREDICTIONS_STAGE = "seg-predictions"
 EVAL_SEG_JSON = "eval_seg.json"
 EVAL_SEG_MD = "eval_seg.md"
+# A train-seg output holding a run (finished or resumable), and every file a run writes (--overwrite).
+SEG_RUN_MARKERS = ("final.json", "last.pt")
+SEG_RUN_FILES = ("last.pt", "epoch-*.pt", "metrics.csv", "config.json", "final.json")
 
 
 class PseudoLabelDataset(Dataset):
@@ -96,11 +101,33 @@ class SegTrainer:
     def __init__(self, config: SegConfig) -> None:
         if not config.labels_dir:
             raise ValueError("train-seg needs labels_dir (a gainet pseudo-labels output)")
+        self.output_dir = Path(config.output_dir)
+        if not config.resume and not config.overwrite:  # never replace a run silently
+            refuse_existing_run(self.output_dir, SEG_RUN_MARKERS)
+        # One run per output directory, as for `gainet train`: held until fit() ends (or this fails).
+        self.lock = OutputDirLock(self.output_dir).acquire()
+        try:
+            self._build(config)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the output directory's lock."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _build(self, config: SegConfig) -> None:
+        if config.overwrite:  # under the lock: no other run's files are in flight
+            removed = remove_outputs(self.output_dir, SEG_RUN_FILES)
+            if removed:
+                logger.info("--overwrite: deleted %d file(s) of the earlier run in %s", len(removed), self.output_dir)
+            config = config.replace(overwrite=False)  # recorded as a plain run, which --resume auto continues
         self.config = config
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = _device(config.device)
-        self.output_dir = Path(config.output_dir)
         self.labels_meta = io.read_meta(config.labels_dir, LABELS_STAGE, "gainet pseudo-labels")
         self.classes = ["background", *self.labels_meta["classes"]]
         crop = config.crop_size or int(self.labels_meta["data"]["image_size"])
@@ -204,6 +231,12 @@ class SegTrainer:
         return {"train/loss": total / max(steps, 1), "train/steps": int(steps)}
 
     def fit(self) -> dict[str, Any]:
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> dict[str, Any]:
         config = self.config
         self.output_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.output_dir)  # left by a write that a kill interrupted
