@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Photo decoding throughput (images/s): gainet's folder dataset through a DataLoader with
-``--workers`` worker processes (decoding and resizing happen in ``__getitem__``, i.e. in the
+``--num-workers`` worker processes (decoding and resizing happen in ``__getitem__``, i.e. in the
 workers), against torchvision's ``decode_jpeg`` + ``v2.Resize`` alone in the main process.
 
 The JPEGs are written by the script itself with PIL (a smooth gradient plus noise, quality 90),
 so nothing is downloaded:
 
-    python benchmarks/decode_throughput.py --images 40 --width 4000 --height 3000 --workers 2
+    python benchmarks/decode_throughput.py --images 40 --width 4000 --height 3000 --num-workers 2
 """
 
 from __future__ import annotations
@@ -67,16 +67,16 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=4000)
     parser.add_argument("--height", type=int, default=3000)
     parser.add_argument("--size", type=int, default=224, help="network input side")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         files = write_jpegs(Path(tmp), args.images, args.width, args.height)
-        ours = gainet_loader_rate(Path(tmp), args.size, args.workers, args.batch_size)
+        ours = gainet_loader_rate(Path(tmp), args.size, args.num_workers, args.batch_size)
         theirs = torchvision_rate(files, args.size)
     print(f"{args.images} JPEGs {args.width}x{args.height} -> {args.size} px: gainet folder dataset, "
-          f"{args.workers} workers: {ours:.2f} images/s; torchvision decode_jpeg + v2.Resize, main process: "
+          f"{args.num_workers} workers: {ours:.2f} images/s; torchvision decode_jpeg + v2.Resize, main process: "
           f"{theirs:.2f} images/s")
 
 

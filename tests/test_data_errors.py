@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from gainet.data import DataError, FolderDataset, VOCDataset, build_dataset
@@ -310,3 +311,62 @@ def test_skip_summary_counts_all_and_names_the_first_few(tmp_path):
     assert "\n" not in line and line.startswith("split 'train': 6 files skipped (on_error=skip): ")
     assert line.endswith("; and 4 more") and "g1.png: listed in labels.csv but not found" in line
     assert skip_summary(object()) == {"count": 0, "first": []}
+
+
+def _jpeg_folder(root: Path, count: int = 6) -> Path:
+    write_lines(root / "classes.txt", ["cat", "dog"])
+    rows = []
+    for index in range(count):
+        save_image(root / "images" / f"p{index}.jpg", 24, 32, seed=index)
+        rows.append(f"p{index}.jpg,{'cat' if index % 2 else 'dog'}\n")
+    (root / "labels.csv").write_text("image,labels\n" + "".join(rows))
+    return root
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 3])
+
+
+def test_jpeg_broken_after_setup_is_a_counted_stand_in_from_the_workers(tmp_path):
+    from torch.utils.data import DataLoader
+
+    root = _jpeg_folder(tmp_path / "d")
+    skipping = FolderDataset(root, image_size=16, on_error="skip")  # construction checks existence only
+    raising = FolderDataset(root, image_size=16)
+    bad = root / "images" / "p3.jpg"
+    _truncate(bad)  # the file breaks after the dataset was built, as in the middle of an epoch
+    batches = list(DataLoader(skipping, batch_size=2, num_workers=2))
+    # Every batch keeps its size; exactly one row stands in for the broken file, and says so.
+    assert [len(b["image"]) for b in batches] == [2, 2, 2]
+    flags = [flag for b in batches for flag in b["load_skipped"]]
+    assert flags[3].startswith(f"{bad}: cannot read image") and not any(flags[:3] + flags[4:])
+    assert torch.equal(batches[1]["index"], torch.tensor([2, 4]))  # p4 stood in for p3
+    with pytest.raises(DataError) as err:  # rebuilt from the worker's traceback: still one line
+        list(DataLoader(raising, batch_size=2, num_workers=2))
+    _one_line(err, str(bad), "cannot read image")
+
+
+def test_stand_ins_give_up_when_every_following_item_is_broken(tmp_path):
+    root = _jpeg_folder(tmp_path / "d", count=3)
+    data = FolderDataset(root, image_size=16, on_error="skip")
+    for index in range(3):
+        _truncate(root / "images" / f"p{index}.jpg")
+    with pytest.raises(DataError) as err:
+        data[0]
+    _one_line(err, "p0.jpg", "and so did the next 2 items")
+
+
+def test_evaluation_leaves_out_a_file_broken_mid_run_and_counts_it(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from gainet.core import GAIN
+    from gainet.evaluation.evaluate import evaluate_gain
+    from gainet.models import build_classifier
+
+    root = _jpeg_folder(tmp_path / "d")
+    data = FolderDataset(root, image_size=16, on_error="skip")
+    _truncate(root / "images" / "p0.jpg")
+    gain = GAIN(build_classifier("small-cnn", 2, width=4), multi_label=False)
+    metrics = evaluate_gain(gain, DataLoader(data, batch_size=4))
+    assert metrics["images"] == 5 and metrics["skipped"] == 1  # p1 stood in for p0 and is scored once
+    assert metrics["skipped_files"][0].startswith(str(root / "images" / "p0.jpg"))

@@ -518,3 +518,35 @@ def test_resume_from_the_command_line_keeps_the_recorded_settings(trained: Path,
     assert main(["train", "--output-dir", str(run), "--resume", "auto", "--epochs", "3", "--model-width", "4",
                  "--no-progress"]) == 2
     assert "model_width=8 (asked 4)" in capsys.readouterr().err
+
+
+def test_photo_broken_mid_run_is_a_counted_skip_under_on_error_skip_else_one_line_error(tmp_path: Path, capsys) -> None:
+    import json
+
+    from conftest import save_image, write_lines
+
+    root = tmp_path / "photos"
+    write_lines(root / "classes.txt", ["cat", "dog"])
+    rows = []
+    for index in range(12):
+        save_image(root / "images" / f"p{index}.jpg", 24, 32, seed=index)
+        rows.append(f"p{index}.jpg,{'cat' if index % 2 else 'dog'},{'train' if index < 8 else 'val'}\n")
+    (root / "labels.csv").write_text("image,labels,split\n" + "".join(rows))
+    for name in ("p5.jpg", "p9.jpg"):  # one training photo, one validation photo: truncated JPEGs
+        path = root / "images" / name
+        path.write_bytes(path.read_bytes()[:200])
+    common = dict(dataset="folder", data_root=str(root), image_size=16, model="small-cnn", model_width=4,
+                  method="cam", epochs=2, warmup_epochs=0, batch_size=2, progress=False, tensorboard=False,
+                  threads=1, num_workers=2)
+    final = train(TrainConfig(**common, dataset_options={"on_error": "skip"}, output_dir=str(tmp_path / "skip")))
+    record = json.loads((tmp_path / "skip" / "final.json").read_text())
+    assert record["train_load_skipped"] == 2  # once per epoch, counted in the main process
+    assert record["train_load_skipped_files"][0].startswith(str(root / "images" / "p5.jpg") + ": cannot read image")
+    assert final["val"]["skipped"] == 1 and final["val"]["images"] == 3
+    rows = _metrics_rows(tmp_path / "skip")
+    assert [row["train/load_skipped"] for row in rows] == ["1.0", "1.0"]
+    assert main(["train", "--dataset", "folder", "--data-root", str(root), "--image-size", "16", "--model",
+                 "small-cnn", "--model-width", "4", "--method", "cam", "--epochs", "1", "--batch-size", "2",
+                 "--num-workers", "2", "--no-progress", "--no-tensorboard", "--output-dir", str(tmp_path / "raise")]) != 0
+    line = _one_line_error(capsys)
+    assert "p5.jpg: cannot read image" in line or "p9.jpg: cannot read image" in line

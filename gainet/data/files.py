@@ -18,6 +18,10 @@ from .errors import DataError, SkipLog
 from .sample import build_sample, multi_hot, paste_mask_arguments
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, JointTransform
 
+# How many following items ``FileDataset.__getitem__`` tries as a stand-in for one that fails to
+# load under on_error="skip" before it gives up with a DataError (a folder gone bad, not one file).
+MAX_STAND_IN_TRIES = 8
+
 
 @dataclass(frozen=True)
 class Record:
@@ -60,7 +64,8 @@ class FileDataset(Dataset):
     Construction checks what is cheap (files listed exist, labels parse); ``validate=True``
     also decodes every image, mask and annotation. Problems raise ``DataError``, or with
     ``on_error="skip"`` drop the item and are listed in ``self.skipped`` as (file, reason).
-    Errors found later, while loading an item, always raise ``DataError``.
+    Errors found later, while an item loads, raise ``DataError``, or under ``"skip"`` let the next
+    item stand in for it, flagged in the sample's ``"load_skipped"`` (see ``__getitem__``).
     """
 
     multi_label = True
@@ -184,10 +189,37 @@ class FileDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
-        record = self.records[index]
+        """The sample of item ``index``; every sample carries ``"load_skipped"``: ``""``, or the
+        ``"file: reason"`` of an item that failed to load in its place.
+
+        A file that breaks while an epoch runs (truncated, replaced, unreadable: construction only
+        checks that it exists unless ``validate``) raises ``DataError`` under ``on_error="raise"``.
+        Under ``"skip"`` the next loadable item (``index + 1``, ``index + 2``, ... wrapping round)
+        stands in for it, so batch shapes, samplers and DDP's collectives are unchanged, and the
+        sample says what it replaced. The dataset is a copy in each DataLoader worker, so nothing is
+        recorded here: whoever iterates counts the non-empty ``load_skipped`` of its batches (the
+        trainer logs them per epoch; ``evaluate_gain`` leaves the stand-ins out of its metrics).
+        """
         index = index % len(self.records)
+        try:
+            return self._sample(index)
+        except DataError as error:
+            if self._log.on_error == "raise":
+                raise
+            failed = f"{error.file}: {error.problem}"
+        tries = min(len(self.records) - 1, MAX_STAND_IN_TRIES)
+        for step in range(1, tries + 1):
+            try:
+                return self._sample((index + step) % len(self.records), load_skipped=failed)
+            except DataError:
+                continue
+        raise DataError(self.records[index].image, f"failed to load ({failed}), and so did the next {tries} items "
+                        "that could stand in for it (on_error=skip): check the files")
+
+    def _sample(self, index: int, load_skipped: str = "") -> dict:
+        record = self.records[index]
         raw = self.load_raw(record)
-        return build_sample(
+        sample = build_sample(
             image=raw.image,
             segmentation=raw.segmentation,
             boxes=raw.boxes,
@@ -199,6 +231,8 @@ class FileDataset(Dataset):
             transform=self.transform,
             **paste_mask_arguments(self, index),
         )
+        sample["load_skipped"] = load_skipped
+        return sample
 
     def image_id(self, index: int) -> str:
         """The item's file stem (path relative to the image folder, without extension)."""

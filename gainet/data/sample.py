@@ -30,7 +30,7 @@ from torchvision import tv_tensors
 from .transforms import IGNORE_INDEX, JointTransform
 
 SAMPLE_KEYS = ("image", "labels", "masks", "box_masks", "has_masks", "has_boxes", "segmentation", "index")
-OPTIONAL_KEYS = ("paste_mask",)
+OPTIONAL_KEYS = ("paste_mask", "load_skipped")
 
 
 def multi_hot(class_ids: list[int] | np.ndarray | Tensor, num_classes: int) -> Tensor:

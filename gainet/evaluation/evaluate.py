@@ -103,10 +103,15 @@ def evaluate_gain(
     coverages = {"": CoverageMeter(threshold=0.5), AGNOSTIC: CoverageMeter(threshold=0.5)}
     regions = RegionCoverageMeter(threshold=0.5)
     seen_masks = images_seen = 0
+    load_skipped: list[str] = []  # items that failed to load while iterating (on_error=skip)
     try:
         for step, batch in enumerate(progress_bar(loader, desc=desc, leave=False, enabled=progress, dynamic_ncols=True)):
             if max_batches is not None and step >= max_batches:
                 break
+            batch, failed = _without_stand_ins(batch)
+            load_skipped.extend(failed)
+            if not len(batch["image"]):
+                continue
             images = batch["image"].to(device)
             labels = batch["labels"]
             batch_size, height, width = images.shape[0], images.shape[-2], images.shape[-1]
@@ -160,10 +165,11 @@ def evaluate_gain(
     metrics["images"] = images_seen
     # Items the dataset dropped under on_error="skip" ((file, reason) in its ``skipped``): the
     # numbers above cover the rest, so the results say how many and which.
-    skipped = list(getattr(dataset, "skipped", None) or [])
+    # Those that broke while the loader ran were left out above (their stand-ins too): counted alike.
+    skipped = [f"{file}: {reason}" for file, reason in getattr(dataset, "skipped", None) or []] + load_skipped
     metrics["skipped"] = len(skipped)
     if skipped:
-        metrics["skipped_files"] = [f"{file}: {reason}" for file, reason in skipped[:SKIP_EXAMPLES]]
+        metrics["skipped_files"] = skipped[:SKIP_EXAMPLES]
     if not seen_masks:
         return metrics
     for prefix in sweeps if class_sensitive else ("",):
@@ -178,6 +184,21 @@ def evaluate_gain(
         metrics[prefix + "coverage_curve"] = located["curve"]
     metrics.update(regions.compute())
     return metrics
+
+
+def _without_stand_ins(batch: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``(batch, failed)``: the batch without the rows that stand in for an item that failed to load
+    (a non-empty ``"load_skipped"``, see ``FileDataset.__getitem__``), and those items' ``"file:
+    reason"``. A stand-in is another item of the split: scoring it would count that item twice."""
+    flags = batch.get("load_skipped")
+    if flags is None or not any(flags):
+        return batch, []
+    keep = torch.tensor([not flag for flag in flags])
+    out = {key: (value[keep] if isinstance(value, torch.Tensor) and value.shape[:1] == keep.shape
+                 else [v for v, k in zip(value, keep.tolist()) if k] if isinstance(value, list) and len(value) == len(keep)
+                 else value)
+           for key, value in batch.items()}
+    return out, [flag for flag in flags if flag]
 
 
 def agnostic_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:

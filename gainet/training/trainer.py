@@ -31,7 +31,7 @@ from gainet.core import (
     empty_target_pairs,
     term_mean,
 )
-from gainet.data.errors import skip_summary
+from gainet.data.errors import SKIP_EXAMPLES, skip_line, skip_summary
 from gainet.evaluation.evaluate import evaluate_gain
 from gainet.input_size import check_input_size
 from gainet.models import attention_layer_name, build_classifier
@@ -210,6 +210,7 @@ class Trainer:
         self.best_score: float | None = None
         self.best_epoch: int | None = None
         self.history: list[dict[str, Any]] = []
+        self.load_skipped_files: list[str] = []  # the first few items that failed to load in this run
         self.final: dict[str, Any] = {}  # the last evaluated epoch's row with its "val" metrics
         self._writer = None
         self._resumed_config: dict[str, Any] | None = None
@@ -371,9 +372,13 @@ class Trainer:
         steps = 0
         supervised_steps = 0  # L_e is averaged over the steps that had a supervised image only
         skipped_e = 0
+        load_skipped: list[str] = []  # "file: reason" of items that failed to load (on_error=skip)
         bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs} {config.method}", leave=False,
                    enabled=config.progress and self.context.is_main, dynamic_ncols=True)
         for batch in bar:
+            # Built in the workers: a file that broke mid-epoch comes back as a stand-in sample
+            # flagged with what it replaced (FileDataset.__getitem__); counted here, in the trainer.
+            load_skipped.extend(item for item in batch.get("load_skipped", ()) if item)
             total, values, supervised_step, counts, skipped_pairs = self._step_loss(batch, mine, use_masks, needs_masks)
             if not torch.isfinite(total):
                 raise FloatingPointError(
@@ -408,7 +413,14 @@ class Trainer:
             )
         means = {f"train/{k}": v / steps for k, v in sums.items() if k != "loss_e"}
         means["train/loss_e"] = sums.get("loss_e", 0.0) / supervised_steps if supervised_steps else 0.0
+        # A count, summed over the ranks: the mean over ranks of W * n_r.
+        means["train/load_skipped"] = float(len(load_skipped) * self.context.world_size)
         means = self.context.mean(means, self.device)
+        if load_skipped:
+            logger.warning("epoch %d: %s (another item stood in for each)", epoch + 1,
+                           skip_line("train, while loading", {"count": len(load_skipped), "first": [
+                               dict(zip(("file", "reason"), item.split(": ", 1))) for item in load_skipped[:SKIP_EXAMPLES]]}))
+            self.load_skipped_files.extend(load_skipped[:SKIP_EXAMPLES - len(self.load_skipped_files)])
         # Counts over the epoch (this process's share under DDP), not means: L_e's pairs left out for
         # an empty mask, and the counterfactuals built / images skipped by guidance (empty mask, no
         # context, no partner).
@@ -621,7 +633,9 @@ class Trainer:
             if self.context.is_main:
                 logger.info("epoch %d: %s", epoch + 1, _summary(row))
         if self.context.is_main:
-            final_record = {**self.final, "train_skipped_files": skip_summary(self.train_set)["first"]}
+            final_record = {**self.final, "train_skipped_files": skip_summary(self.train_set)["first"],
+                            "train_load_skipped": int(sum(row.get("train/load_skipped", 0) for row in self.history)),
+                            "train_load_skipped_files": self.load_skipped_files}
             if getattr(self.train_set, "paste_mask_stats", None):
                 final_record["grabcut"] = self.train_set.paste_mask_stats
             write_text_atomic(self.output_dir / "final.json", json.dumps(_jsonable(final_record), indent=2))
