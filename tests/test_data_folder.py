@@ -134,3 +134,41 @@ def test_voc_layout_with_classes_file_from_a_relative_root(tmp_path, monkeypatch
     # An explicit classes file is still relative to the dataset directory.
     write_lines(tmp_path / "vx" / "good" / "mine.txt", ["aeroplane", "bicycle", "bird", "boat"])
     assert len(load_folder("vx/good", "val", classes="mine.txt").classes) == 4
+
+
+def test_large_jpeg_decodes_reduced_and_its_boxes_and_mask_follow(tmp_path):
+    from PIL import Image
+
+    from conftest import save_index_png
+    from gainet.data import readers
+
+    root = tmp_path / "big"
+    write_lines(root / "classes.txt", ["cat", "dog"])
+    height, width = 600, 800
+    yy, xx = np.mgrid[0:height, 0:width]
+    photo = np.stack([xx * 255 // width, yy * 255 // height, np.full_like(xx, 90)], -1).astype(np.uint8)
+    (root / "images").mkdir(parents=True)
+    Image.fromarray(photo).save(root / "images" / "a.jpg", quality=95)
+    mask = np.zeros((height, width), np.uint8)
+    mask[100:400, 200:600] = 1  # the cat, its box below
+    mask[0:8, :] = 255  # an ignore strip
+    save_index_png(root / "masks" / "a.png", mask)
+    write_voc_xml(root / "boxes" / "a.xml", width, height, [("cat", (201, 101, 600, 400))])
+    (root / "labels.csv").write_text("image,labels\na.jpg,cat\n")
+    # 800x600 for a 64-px network: decoded at 1/4 (200x150, both sides >= 128), not 1/8 (100x75).
+    assert readers.read_rgb(root / "images" / "a.jpg", min_side=128).shape == (150, 200, 3)
+    assert readers.read_rgb(root / "images" / "a.jpg", min_side=400).shape == (600, 800, 3)  # under 2x: full
+    reduced = FolderDataset(root, image_size=64)
+    full = FolderDataset(root, image_size=64, reduce_decode=False)
+    raw = reduced.load_raw(reduced.records[0], reduced.decode_side)
+    assert raw.image.shape == (150, 200, 3) and raw.segmentation.shape == (150, 200)
+    np.testing.assert_allclose(raw.boxes, [[50, 25, 150, 100]], atol=0.3)  # (200, 100, 600, 400) / 4
+    assert (raw.segmentation[2:, :] == np.pad(np.ones((75, 100)), ((25, 50), (50, 50)))[2:]).all()
+    assert (raw.segmentation[:2] == 255).all()
+    a, b = reduced[0], full[0]
+    for key in ("masks", "box_masks"):
+        inter = (a[key] * b[key]).sum()
+        union = ((a[key] + b[key]) > 0).sum()
+        assert inter / union > 0.95, key
+    assert (a["segmentation"] == 255).any() and a["load_skipped"] == ""
+    assert (a["image"] - b["image"]).abs().mean() < 0.05  # the same picture, normalised

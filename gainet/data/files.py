@@ -58,6 +58,21 @@ class RawItem:
     labels: tuple[int, ...]
 
 
+def scale_boxes(boxes: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
+    """float32 (N, 4) XYXY boxes of an (H, W) image moved onto the same image resized to ``to_hw``."""
+    (fh, fw), (th, tw) = from_hw, to_hw
+    return (boxes * np.asarray([tw / fw, th / fh, tw / fw, th / fh], dtype=np.float32)).astype(np.float32)
+
+
+def resize_nearest(array: np.ndarray, to_hw: tuple[int, int]) -> np.ndarray:
+    """``array`` (H, W) resized to ``to_hw`` by nearest neighbour (pixel centres; class ids and 255
+    kept as they are)."""
+    (fh, fw), (th, tw) = array.shape[:2], to_hw
+    rows = np.minimum(((np.arange(th) + 0.5) * fh / th).astype(np.int64), fh - 1)
+    cols = np.minimum(((np.arange(tw) + 0.5) * fw / tw).astype(np.int64), fw - 1)
+    return array[rows[:, None], cols[None, :]]
+
+
 class FileDataset(Dataset):
     """Base of the datasets read from files: subclasses build ``Record`` lists.
 
@@ -66,6 +81,11 @@ class FileDataset(Dataset):
     ``on_error="skip"`` drop the item and are listed in ``self.skipped`` as (file, reason).
     Errors found later, while an item loads, raise ``DataError``, or under ``"skip"`` let the next
     item stand in for it, flagged in the sample's ``"load_skipped"`` (see ``__getitem__``).
+
+    ``reduce_decode`` (default True): samples decode a JPEG at least twice as large as needed at
+    a reduced scale, keeping its short side >= ``2 * image_size`` (``readers.read_rgb``; boxes,
+    masks and paste masks follow): decoding a folder of 4000x3000 photos then costs a fraction
+    of the full decode. ``load_raw`` (GrabCut, the WSSS stages) still reads the full size.
     """
 
     multi_label = True
@@ -81,6 +101,7 @@ class FileDataset(Dataset):
         std: Sequence[float] = IMAGENET_STD,
         on_error: str = "raise",
         validate: bool = False,
+        reduce_decode: bool = True,
     ) -> None:
         self.classes = list(classes)
         self._class_index = {name: i for i, name in enumerate(self.classes)}
@@ -88,6 +109,9 @@ class FileDataset(Dataset):
         self.std = tuple(float(s) for s in std)
         self.transform = JointTransform(image_size, train=train_transforms, mean=self.mean, std=self.std, **(augment or {}))
         self.validate = bool(validate)
+        # Samples of large JPEGs decode at a reduced scale (short side >= 2 x image_size, so the
+        # training crop, >= 0.7 of a side, still has more pixels than the network takes).
+        self.decode_side = 2 * int(image_size) if reduce_decode else None
         self._log = SkipLog(on_error)
         self.records: list[Record] = []
 
@@ -125,9 +149,9 @@ class FileDataset(Dataset):
         """int64 (H, W) class-index map of ``record.mask``."""
         return readers.read_index_mask(record.mask)
 
-    def read_image(self, record: Record) -> np.ndarray:
-        """uint8 (H, W, 3) RGB of ``record.image``."""
-        return readers.read_rgb(record.image)
+    def read_image(self, record: Record, min_side: int | None = None) -> np.ndarray:
+        """uint8 (H, W, 3) RGB of ``record.image`` (a large JPEG reduced, see ``readers.read_rgb``)."""
+        return readers.read_rgb(record.image, min_side)
 
     def read_boxes(self, record: Record, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Validated boxes float32 (N, 4) XYXY clamped to the image, and labels int64 (N,)."""
@@ -145,10 +169,17 @@ class FileDataset(Dataset):
         labels = np.asarray([label for label, _ in pairs], dtype=np.int64)
         return readers.check_boxes(boxes, image_hw, where), labels
 
-    def load_raw(self, record: Record) -> RawItem:
-        """Decode and validate one record (no transform)."""
-        image = self.read_image(record)
+    def load_raw(self, record: Record, min_side: int | None = None) -> RawItem:
+        """Decode and validate one record (no transform), at the file's size.
+
+        ``min_side``: decode a large JPEG reduced (``readers.read_rgb``); the item's boxes and mask
+        are validated against the file's size, then brought to the decoded one (boxes scaled,
+        mask by nearest neighbour), so the item is the file's, seen at a lower resolution.
+        """
+        image = self.read_image(record, min_side)
         image_hw = image.shape[:2]
+        if min_side is not None:
+            image_hw = readers.image_size(record.image)
         segmentation = None
         if record.mask is not None:
             segmentation = self.read_segmentation(record)
@@ -172,6 +203,10 @@ class FileDataset(Dataset):
             names = ", ".join(self.classes[i] for i in labels)
             raise DataError(source, f"shows {len(labels)} classes ({names}) but the dataset is single-label "
                                     "(multi_label false); set multi_label true")
+        if image.shape[:2] != tuple(image_hw):  # decoded reduced: the annotations follow
+            boxes = scale_boxes(boxes, image_hw, image.shape[:2])
+            if segmentation is not None:
+                segmentation = resize_nearest(segmentation, image.shape[:2])
         return RawItem(image, segmentation, boxes, box_labels, labels)
 
     def _check_mask_agrees(self, segmentation: np.ndarray, labels: tuple[int, ...], record: Record) -> None:
@@ -218,7 +253,10 @@ class FileDataset(Dataset):
 
     def _sample(self, index: int, load_skipped: str = "") -> dict:
         record = self.records[index]
-        raw = self.load_raw(record)
+        raw = self.load_raw(record, self.decode_side)
+        paste = paste_mask_arguments(self, index)
+        if paste.get("paste_mask") is not None and paste["paste_mask"].shape[:2] != raw.image.shape[:2]:
+            paste["paste_mask"] = resize_nearest(paste["paste_mask"], raw.image.shape[:2])  # estimated at full size
         sample = build_sample(
             image=raw.image,
             segmentation=raw.segmentation,
@@ -229,7 +267,7 @@ class FileDataset(Dataset):
             has_boxes=len(raw.boxes) > 0,
             index=index,
             transform=self.transform,
-            **paste_mask_arguments(self, index),
+            **paste,
         )
         sample["load_skipped"] = load_skipped
         return sample

@@ -56,16 +56,24 @@ def _gray_to_8bit(img: Image.Image, path: Path) -> np.ndarray:
     return np.rint(values * scale).astype(np.uint8)
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
+def read_rgb(path: str | Path, min_side: int | None = None) -> np.ndarray:
     """Decode an image file to uint8 (H, W, 3) RGB.
 
     Every image the package reads goes through here. Grayscale deeper than 8 bits (16-bit
     PNG/TIFF, modes ``I;16``, ``I``, ``F``) is scaled to 0..255 (see ``_gray_to_8bit``).
+
+    ``min_side``: a JPEG at least twice as large is decoded at 1/2, 1/4 or 1/8 of its size in the
+    DCT (Pillow's ``draft``), the smallest scale whose both sides stay >= ``min_side``: a
+    4000x3000 photo for a 224-px network decodes to 1000x750 in a third of the time and a
+    sixteenth of the memory. The result is then smaller than the file's size (``image_size``);
+    other formats, and JPEGs under twice ``min_side``, decode at full size.
     """
     path = Path(path)
     require_file(path, "image file")
     try:
         with Image.open(path) as img:
+            if min_side is not None and img.format == "JPEG":
+                img.draft("RGB", (int(min_side), int(min_side)))
             img.load()  # decode now so a truncated file fails here, not later
             if img.mode.startswith("I") or img.mode == "F":
                 return np.repeat(_gray_to_8bit(img, path)[..., None], 3, axis=2)
