@@ -495,6 +495,9 @@ def _model_source_options(parser: argparse.ArgumentParser) -> None:
                                                         "head must have one output per class of the dataset")
     parser.add_argument("--multi-label", action="store_true",
                         help="--model: sigmoid outputs, scored by mAP (default: what the dataset says)")
+    parser.add_argument("--normalize", default="imagenet", choices=("imagenet", "dataset"),
+                        help="--model: normalise images with ImageNet's statistics (default; a timm model's own "
+                             "pretrained_cfg wins) or with the dataset's; a checkpoint uses what it was trained with")
     parser.add_argument("--dataset", default=None, help="dataset as in `gainet train` (bias, garments-bias, folder, "
                                                         "voc, ...; default: the checkpoint's)")
     parser.add_argument("--data-root", default=None, help="dataset directory (folder, voc)")
@@ -525,7 +528,7 @@ def _source_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                 dataset=args.dataset, data_root=args.data_root, dataset_options=args.dataset_options,
                 image_size=args.image_size, split=args.split, swap_mask=args.swap_mask, seed=args.seed,
                 batch_size=args.batch_size, limit=args.limit, overwrite=args.overwrite, device=args.device,
-                progress=not args.no_progress, output_dir=args.output)
+                progress=not args.no_progress, output_dir=args.output, normalize=args.normalize)
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:

@@ -216,3 +216,79 @@ def test_dfr_moves_a_context_reader_onto_the_object() -> None:
     # a context alone stops being evidence: confidence near chance (1/3)
     assert after["context_confidence"] < 0.5 < before["context_confidence"]
     assert details["l2"] in (1e-4, 1e-3, 1e-2, 1e-1) and len(details["l2_search"]) == 4
+
+
+# ---------------------------------------------------------------------- the commands end to end
+@pytest.fixture(scope="module")
+def reader_checkpoint(tmp_path_factory) -> Path:
+    """A small CNN trained 2 epochs on the bias world (its context predicts the class)."""
+    from gainet.training.config import TrainConfig
+    from gainet.training.trainer import train
+
+    out = tmp_path_factory.mktemp("reader") / "cam"
+    train(TrainConfig(method="cam", dataset="bias", train_images=128, val_images=32, image_size=32, model="small-cnn",
+                      model_width=8, epochs=2, warmup_epochs=0, batch_size=32, lr=3e-3, progress=False,
+                      tensorboard=False, threads=1, output_dir=str(out)))
+    return out / "best.pt"
+
+
+def test_diagnose_and_fix_commands_write_their_files_and_keep_them(reader_checkpoint: Path, tmp_path: Path,
+                                                                   capsys) -> None:
+    from gainet.cli import main
+    from gainet.runner import evaluate_checkpoint
+
+    common = ["--checkpoint", str(reader_checkpoint), "--no-progress", "--limit", "40", "--batch-size", "32"]
+    out = tmp_path / "diagnose"
+    assert main(["diagnose", *common, "--output-dir", str(out)]) == 0
+    result = json.loads((out / "diagnosis.json").read_text())
+    assert {"original", "mixed_same", "mixed_rand", "gap", "context_rate", "verdict"} <= set(result)
+    assert math.isclose(result["gap"], result["mixed_same"] - result["mixed_rand"], abs_tol=1e-6)
+    assert result["split"] == "test_biased" and "<img" in (out / "index.html").read_text()
+    printed = capsys.readouterr().out
+    assert "background gap" in printed and result["verdict"].split(":")[0] in printed
+    assert main(["diagnose", *common, "--output-dir", str(out)]) != 0  # a finished output is kept
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--overwrite" in error and "diagnosis" in error
+    for way in ("dfr", "guidance"):
+        fixed = tmp_path / way
+        assert main(["fix", *common, "--way", way, "--supervised-count", "10%", "--epochs", "1",
+                     "--output-dir", str(fixed)]) == 0
+        record = json.loads((fixed / "fix.json").read_text())
+        assert record["way"] == way and record["supervised_count"] == 13 and record["fix_seconds"] > 0
+        assert record["before"]["gap"] == pytest.approx(result["gap"])  # the same held-out test before
+        assert (fixed / "after" / "diagnosis.json").is_file()
+        metrics = evaluate_checkpoint(fixed / "fixed.pt", splits=["test_decorrelated"], output_dir=tmp_path / "ev")
+        assert 0.0 <= metrics["splits"]["test_decorrelated"]["accuracy"] <= 1.0
+    dfr = torch.load(tmp_path / "dfr" / "fixed.pt", weights_only=True)
+    original = torch.load(reader_checkpoint, weights_only=True)
+    changed = [k for k in original["model"] if not torch.equal(original["model"][k], dfr["model"][k])]
+    # DFR: the last layer only (and the wrapper's copy of it that Grad-CAM's weights use)
+    assert changed and all(k.endswith(("fc.weight", "fc.bias", "linear_head.weight", "linear_head.bias")) for k in changed)
+
+
+def test_a_model_trained_elsewhere_is_normalised_as_imagenet_models_are(reader_checkpoint: Path,
+                                                                         tmp_path: Path) -> None:
+    from gainet.data import build_dataset
+    from gainet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from gainet.shortcuts.jobs import load_subject, run_diagnose
+
+    state = torch.load(reader_checkpoint, weights_only=True)["model"]
+    weights = tmp_path / "plain.pt"  # what a user's own script saves: the classifier's state dict alone
+    plain = {k.removeprefix("backbone.model."): v for k, v in state.items() if k.startswith("backbone.model.")}
+    assert "fc.weight" in plain
+    torch.save(plain, weights)
+    kwargs = dict(checkpoint=None, model="small-cnn", weights=str(weights), multi_label=False, dataset="bias",
+                  data_root=None, dataset_options={"num_images": 40}, image_size=32, device=torch.device("cpu"))
+    subject = load_subject(**kwargs)
+    assert subject.mean == tuple(IMAGENET_MEAN) and subject.std == tuple(IMAGENET_STD)
+    world = build_dataset("bias", "test_biased", image_size=32, **subject.config.dataset_options)
+    picture = torch.from_numpy(world.rendered(0).image).permute(2, 0, 1).double() / 255  # independent of the transform
+    expected = (picture - torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(3, 1, 1)) / torch.tensor(
+        IMAGENET_STD, dtype=torch.float64).view(3, 1, 1)
+    torch.testing.assert_close(world[0]["image"].double(), expected, atol=1e-5, rtol=0)
+    own = load_subject(**kwargs, normalize="dataset")
+    assert own.mean == tuple(build_dataset("bias", "train", image_size=32, num_images=4).mean)
+    result = run_diagnose(model="small-cnn", weights=str(weights), dataset="bias", image_size=32,
+                          dataset_options={"num_images": 40}, output_dir=tmp_path / "d", progress=False,
+                          normalize="dataset")
+    assert 0.0 <= result["original"] <= 1.0 and result["model"] == str(weights)

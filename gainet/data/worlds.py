@@ -63,6 +63,8 @@ class World(Dataset):
         augment: keyword arguments for ``JointTransform`` (crop_scale, ...).
         cache: keep rendered arrays in memory after first generation.
         stats_images: number of ``train`` images used to measure mean / std.
+        mean, std: normalise with these (e.g. ImageNet's, for a model trained elsewhere) instead
+            of the measured statistics.
     """
 
     name: str = ""
@@ -80,6 +82,8 @@ class World(Dataset):
         augment: dict | None = None,
         cache: bool = True,
         stats_images: int = 128,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
     ) -> None:
         if split not in self.splits:
             raise ValueError(f"unknown split {split!r} for world {self.name!r}; valid: {', '.join(self.splits)}")
@@ -93,7 +97,12 @@ class World(Dataset):
             raise ValueError(f"num_images must be positive, got {self.num_images}")
         self._grid = drawing.grid(self.image_size)
         self._cache: dict[int, Rendered] | None = {} if cache else None
-        self.mean, self.std = self._measure_stats(stats_images)
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither")
+        if mean is None:
+            self.mean, self.std = self._measure_stats(stats_images)
+        else:
+            self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.transform = JointTransform(
             self.image_size, train=train_transforms, mean=self.mean, std=self.std, **(augment or {})
         )

@@ -48,8 +48,17 @@ def refuse_overwrite(output_dir: str | Path, names: tuple[str, ...], overwrite: 
 
 def load_subject(*, checkpoint: str | None, model: str | None, weights: str | None, multi_label: bool,
                  dataset: str | None, data_root: str | None, dataset_options: dict | None, image_size: int | None,
-                 device: torch.device) -> Subject:
-    """The model to diagnose or fix, with a config naming its dataset (checkpoint: its own, overridable)."""
+                 device: torch.device, normalize: str = "imagenet") -> Subject:
+    """The model to diagnose or fix, with a config naming its dataset (checkpoint: its own, overridable).
+
+    A checkpoint's images are normalised as it was trained. A ``--model``'s with ImageNet's
+    statistics (``normalize="imagenet"``: what torchvision's and timm's pretrained models expect,
+    and what ``gainet explain --model`` uses; a timm model's own ``pretrained_cfg`` wins) or with
+    the dataset's (``"dataset"``); the choice goes into the config's ``dataset_options``, so the
+    fix's training normalises alike.
+    """
+    if normalize not in ("imagenet", "dataset"):
+        raise ValueError(f"--normalize must be imagenet or dataset, got {normalize!r}")
     if (checkpoint is None) == (model is None):
         raise ValueError("give --checkpoint FILE or --model NAME --weights FILE")
     if checkpoint is not None:
@@ -72,8 +81,11 @@ def load_subject(*, checkpoint: str | None, model: str | None, weights: str | No
     if not dataset:
         raise ValueError("--model needs --dataset (and --data-root for folder / voc): the split to test it on")
     size = image_size or DEFAULT_IMAGE_SIZE.get(dataset, 224)
+    options = dict(dataset_options or {})
+    if normalize == "imagenet" and "mean" not in options:
+        options.update(zip(("mean", "std"), _imagenet_statistics(model)))
     config = TrainConfig(method="cam", model=model, dataset=dataset, data_root=data_root,
-                         dataset_options=dict(dataset_options or {}), image_size=size, pretrained=None,
+                         dataset_options=options, image_size=size, pretrained=None,
                          progress=False, tensorboard=False)
     probe = build_dataset(dataset, "train" if dataset != "folder" else "all", root=data_root, image_size=size,
                           train_transforms=False, **config.dataset_options) if dataset != "voc" else None
@@ -87,10 +99,32 @@ def load_subject(*, checkpoint: str | None, model: str | None, weights: str | No
                          mean=tuple(probe.mean) if probe is not None else (), std=tuple(probe.std) if probe is not None else ())
 
 
+def _imagenet_statistics(model: str) -> tuple[list[float], list[float]]:
+    """(mean, std) a model trained elsewhere expects: ImageNet's, or a timm model's ``pretrained_cfg``."""
+    from gainet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    if model.startswith("timm:"):
+        try:
+            import timm
+
+            config = timm.get_pretrained_cfg(model.removeprefix("timm:"))
+            if config is not None:
+                mean, std = list(config.mean), list(config.std)
+        except Exception:  # noqa: BLE001 - unknown to timm's registry: ImageNet's statistics
+            pass
+    return [float(m) for m in mean], [float(s) for s in std]
+
+
 def _split_dataset(subject: Subject, split: str) -> Any:
     config = subject.config
+    options = dict(config.dataset_options)
+    # A generated world's training / validation split has the size the model was trained with.
+    sizes = {config.train_split: config.train_images, config.val_split: config.val_images}
+    if sizes.get(split) and "num_images" not in options:
+        options["num_images"] = sizes[split]
     data = build_dataset(config.dataset, split, root=config.data_root, image_size=config.image_size,
-                         train_transforms=False, **config.dataset_options)
+                         train_transforms=False, **options)
     if list(data.classes) != list(subject.classes):
         raise ValueError(f"{subject.source}: the model's classes {subject.classes[:6]} differ from split {split!r}'s "
                          f"{list(data.classes)[:6]}")
@@ -121,12 +155,13 @@ def run_diagnose(*, checkpoint: str | None = None, model: str | None = None, wei
                  dataset_options: dict | None = None, image_size: int | None = None, split: str | None = None,
                  supervision: str = "auto", swap_mask: str = "mask", limit: int | None = None, seed: int = 0,
                  output_dir: str | Path = "runs/diagnose", overwrite: bool = False, device: str = "auto",
-                 batch_size: int = 64, progress: bool = True, examples: int = 4) -> dict[str, Any]:
+                 batch_size: int = 64, progress: bool = True, examples: int = 4,
+                 normalize: str = "imagenet") -> dict[str, Any]:
     """``gainet diagnose``: the background test on one split; returns the result (also in ``diagnosis.json``)."""
     refuse_overwrite(output_dir, OUTPUT_FILES, overwrite)
     subject = load_subject(checkpoint=checkpoint, model=model, weights=weights, multi_label=multi_label,
                            dataset=dataset, data_root=data_root, dataset_options=dataset_options,
-                           image_size=image_size, device=_device(device))
+                           image_size=image_size, device=_device(device), normalize=normalize)
     split = split or default_split(subject)
     dataset_object = _split_dataset(subject, split)
     data = load_annotated(dataset_object, source=supervision, swap_mask=swap_mask, limit=limit,
@@ -157,7 +192,7 @@ def run_fix(*, way: str = "dfr", checkpoint: str | None = None, model: str | Non
             swap_mask: str = "mask", epochs: int = 2, lr: float = 1e-3, guidance: str = GUIDANCE_MODES,
             contexts_per_class: int = 1, seed: int = 0, output_dir: str | Path = "runs/fix", overwrite: bool = False,
             device: str = "auto", batch_size: int = 64, threads: int | None = None, progress: bool = True,
-            limit: int | None = None) -> dict[str, Any]:
+            limit: int | None = None, normalize: str = "imagenet") -> dict[str, Any]:
     """``gainet fix``: a fixed model (``fixed.pt``, a gainet checkpoint), diagnosed before and
     after on the held-out ``split``; ``fix.json`` / ``fix.md`` hold both and the cost."""
     from gainet.bias_study import parse_supervision
@@ -173,7 +208,7 @@ def run_fix(*, way: str = "dfr", checkpoint: str | None = None, model: str | Non
         torch.set_num_threads(threads)
     subject = load_subject(checkpoint=checkpoint, model=model, weights=weights, multi_label=multi_label,
                            dataset=dataset, data_root=data_root, dataset_options=dataset_options,
-                           image_size=image_size, device=_device(device))
+                           image_size=image_size, device=_device(device), normalize=normalize)
     train_split = train_split or subject.config.train_split
     split = split or default_split(subject)
     if split == train_split:
