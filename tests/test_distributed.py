@@ -134,8 +134,12 @@ def test_guidance_under_two_processes_is_the_global_batch_and_survives_ranks_wit
             assert row_two[key] == pytest.approx(row_one[key], rel=1e-4, abs=1e-7), key
 
     rows = {**TINY, "method": "cam", "supervision": "boxes", "supervised_count": 2, "epochs": 1,
-            "guidance": "context-swap,context-only,actdiff,rrr"}
+            "guidance": "context-swap,context-only,actdiff,rrr", "swap_mask": "grabcut",
+            "grabcut_cache": tmp_path / "grabcut"}
     _torchrun({**rows, "output_dir": tmp_path / "sparse"}, tmp_path / "saves-sparse")
+    # GrabCut ran on rank 0 while rank 1 waited (one barrier each), then rank 1 read its cache.
+    assert json.loads((tmp_path / "sparse" / "final.json").read_text())["grabcut"]["estimated"] == 2
+    assert len(list((tmp_path / "grabcut").rglob("*.png"))) == 2
     history = _load(tmp_path / "sparse" / "last.pt")["history"]
     assert history[0]["guidance/no_supervised"] > 0  # some rank-steps had no supervised image
     assert all(math.isfinite(history[0][f"train/guide_{m}"]) for m in ("context_swap", "context_only", "actdiff", "rrr"))

@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("cv2")
 
-from gainet.data.grabcut import grabcut_mask, grabcut_masks  # noqa: E402
+from gainet.data.grabcut import grabcut_mask  # noqa: E402
 
 
 def _scene(size: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -46,21 +46,6 @@ def test_grabcut_falls_back_to_the_box_where_it_cannot_run() -> None:
     assert not ok and not bool(empty.any())
     whole, ok = grabcut_mask(image, torch.ones_like(box))  # no background to learn from
     assert not ok and bool(whole.all())
-
-
-def test_grabcut_masks_reads_supervised_rows_only_and_counts_fallbacks() -> None:
-    image, disc, box = _scene()
-    images = torch.stack([image, image, image])
-    box_masks = torch.zeros(3, 2, *box.shape)
-    box_masks[0, 1] = box
-    box_masks[1, 0] = box
-    box_masks[2, 0] = 1.0  # a box over the whole image: kept as the box, counted
-    masks, fallbacks = grabcut_masks(images, box_masks, torch.tensor([True, False, True]))
-    assert masks.shape == (3, *box.shape) and fallbacks == 1
-    assert float((masks[0] * disc).sum() / ((masks[0] + disc) > 0).sum()) > 0.9
-    assert not bool(masks[1].any()) and bool(masks[2].all())
-    with pytest.raises(ValueError, match="box_masks"):
-        grabcut_masks(images, box_masks[:, 0])
 
 
 def test_estimates_are_cached_per_image_and_box_and_a_damaged_file_is_redone(tmp_path) -> None:

@@ -86,35 +86,6 @@ def grabcut_mask(image: Tensor, box: Tensor, iterations: int = 5, seed: int = 0)
     return kept.to(image.dtype), True
 
 
-def grabcut_masks(images: Tensor, box_masks: Tensor, supervised: Tensor | None = None, *,
-                  iterations: int = 5) -> tuple[Tensor, int]:
-    """:func:`grabcut_mask` for the supervised images of a batch.
-
-    Args:
-        images: ``(B, 3, H, W)`` float, any range.
-        box_masks: ``(B, C, H, W)`` per-class box masks in {0, 1}.
-        supervised: ``(B,)`` bool, the rows to estimate; default all. Other rows are all zero.
-        iterations: GrabCut rounds.
-
-    Returns:
-        ``(B, H, W)`` masks in {0, 1} and how many supervised images kept their whole box
-        (GrabCut could not separate anything, see :func:`grabcut_mask`).
-    """
-    if box_masks.dim() != 4 or box_masks.shape[0] != images.shape[0] or box_masks.shape[-2:] != images.shape[-2:]:
-        raise ValueError(f"box_masks must be (B, C, H, W) with B, H, W of images {tuple(images.shape)}, "
-                         f"got {tuple(box_masks.shape)}")
-    rows = range(images.shape[0]) if supervised is None else torch.nonzero(supervised).flatten().tolist()
-    out = images.new_zeros((images.shape[0], *images.shape[-2:]))
-    fallbacks = 0
-    union = box_masks.amax(dim=1)
-    for i in rows:
-        if not bool((union[i] > 0.5).any()):
-            continue
-        out[i], ok = grabcut_mask(images[i].detach(), union[i], iterations=iterations)
-        fallbacks += int(not ok)
-    return out, fallbacks
-
-
 # ----------------------------------------------------------------------------- once per image
 def default_cache_dir() -> Path:
     """``$GAINET_CACHE/grabcut``, else ``$XDG_CACHE_HOME/gainet/grabcut``, else ``~/.cache/gainet/grabcut``."""

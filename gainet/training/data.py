@@ -68,8 +68,9 @@ class SupervisionView(Dataset):
         return sample
 
 
-def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
-    """Training set (with GAIN_ext's supervision view) and validation set."""
+def build_datasets(config: TrainConfig, context: DistributedContext | None = None) -> tuple[Dataset, Dataset]:
+    """Training set (with GAIN_ext's supervision view) and validation set. Under DDP (``context``)
+    rank 0 estimates GrabCut's masks first and the other ranks then read its cache."""
     options = dict(config.dataset_options)
     sizes = {"train": config.train_images, "val": config.val_images}
     own = [key for key in ("root", "split", "image_size", "train_transforms") if key in options]
@@ -106,15 +107,27 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
     view = SupervisionView(train, supervised, config.supervision)
     view.paste_mask_stats = None
     if config.swap_mask == "grabcut" and "context-swap" in config.guidance_modes and supervised:
-        view.paste_mask_stats = _attach_grabcut(train, supervised, config)
+        view.paste_mask_stats = _attach_grabcut(train, supervised, config, context)
     return view, val
 
 
-def _attach_grabcut(dataset: Dataset, supervised: list[int], config: TrainConfig) -> dict[str, float]:
-    """GrabCut once per supervised image (cached on disk), handed to the dataset as paste masks."""
+def _attach_grabcut(dataset: Dataset, supervised: list[int], config: TrainConfig,
+                    context: DistributedContext | None = None) -> dict[str, float]:
+    """GrabCut once per supervised image (cached on disk), handed to the dataset as paste masks.
+
+    Under DDP every rank needs the masks of every supervised image (any of them can land in its
+    share of a batch): rank 0 estimates them while the others wait at a barrier, then they read
+    rank 0's cache (a rank on another disk estimates again, with the same result). Every rank
+    makes the one barrier call, so the collectives match.
+    """
     from gainet.data.grabcut import attach_paste_masks, estimate_paste_masks
 
+    distributed = context is not None and context.enabled
+    if distributed and not context.is_main:
+        context.barrier()
     masks, stats = estimate_paste_masks(dataset, supervised, cache_dir=config.grabcut_cache)
+    if distributed and context.is_main:
+        context.barrier()
     attach_paste_masks(dataset, masks)
     logger.info("grabcut: %d supervised images, %d estimated now (%.1f CPU-s, once), %d from the cache, "
                 "%d kept the whole box, %d without a box", len(supervised), stats.estimated, stats.seconds,

@@ -173,7 +173,7 @@ class Trainer:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
 
-        self.train_set, self.val_set = build_datasets(config)
+        self.train_set, self.val_set = build_datasets(config, self.context)
         self.num_classes = len(self.train_set.classes)
         self.multi_label = bool(self.train_set.multi_label)
         self.gain = build_gain(config, self.num_classes, self.multi_label)
