@@ -17,7 +17,8 @@ Resumable: each diagnosis, fix and evaluation is cached in its output directory.
 markdown table (mean ± std over seeds) and the issue's targets, and writes ``results.json``::
 
     python benchmarks/shortcut_fix.py --study runs/bias18-garments-masks --out runs/fix19-garments \\
-        --seeds 0 1 2 --counts 1% 2% 5% --ways dfr guidance
+        --seeds 0 1 2 --counts 1% 2% 5% --guidance-counts 2% \\
+        --outside outside=efficientnet-lite0:runs/outside/garments-bias-lite0-seed{seed}.pt
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ def measure_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
         rows.append(_row(name, accuracy, diagnosis))
         if name == "reference":
             continue
-        for count in args.counts:
-            for way in args.ways:
+        for way in args.ways:
+            for count in args.counts if way == "dfr" else args.guidance_counts:
                 fixed = out / name / f"fix-{way}-{count.replace('%', 'pct')}"
                 record = _fix(fixed, way, count, seed, **subject)
                 accuracy = _evaluate(fixed / "fixed.pt", fixed / "evaluate")
@@ -194,6 +195,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--counts", nargs="+", default=["1%", "2%", "5%"])
     parser.add_argument("--ways", nargs="+", default=["dfr", "guidance"])
+    parser.add_argument("--guidance-counts", nargs="+", default=["2%"],
+                        help="N for --way guidance (a training run each; dfr takes --counts)")
     parser.add_argument("--outside", action="append", default=[], metavar="NAME=MODEL:WEIGHTS_PATTERN")
     args = parser.parse_args()
     torch.set_num_threads(1)

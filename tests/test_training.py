@@ -177,7 +177,7 @@ def test_cli_help_explains_every_command(capsys) -> None:
 def test_demo_writes_report_with_every_method(tmp_path: Path) -> None:
     from gainet.demo import run_demo
 
-    result = run_demo(tmp_path / "demo", epochs=1, threads=1, progress=False,
+    result = run_demo(tmp_path / "demo", epochs=1, threads=1, progress=False, parts=["attention"],
                       train_images=32, val_images=8, image_size=32, model_width=8)
     html = (tmp_path / "demo" / "report.html").read_text()
     for method in ("cam", "gain", "gain-ext", "gain-adv"):
@@ -188,3 +188,26 @@ def test_demo_writes_report_with_every_method(tmp_path: Path) -> None:
     for method in methods:  # the class-agnostic baseline row of each method is in the report
         assert f"<td>{method} (class-agnostic)</td>" in html
     assert "wrong_class_coverage" in html and "body_coverage" in html
+
+
+def test_demo_shortcut_part_diagnoses_fixes_and_reports_beside_the_reference(tmp_path: Path, capsys) -> None:
+    from gainet.demo import run_demo
+
+    quick = {"model": "small-cnn", "pretrained": None, "model_width": 8, "image_size": 32, "train_images": 160,
+             "epochs": 1, "lr": 3e-3}
+    result = run_demo(tmp_path / "demo", threads=1, progress=False, parts=["shortcut"], shortcut_overrides=quick,
+                      shortcut_test_images=40)
+    rows = result["shortcut"]
+    assert [row["model"].split(" ")[0] for row in rows] == ["trained", "trained", "the"]
+    diagnosis = json.loads((tmp_path / "demo" / "shortcut" / "diagnose-cam" / "diagnosis.json").read_text())
+    assert rows[1]["background gap"] == pytest.approx(diagnosis["gap"])  # the table shows what diagnose measured
+    accuracy = json.loads((tmp_path / "demo" / "shortcut" / "accuracy-fixed" / "accuracy.json").read_text())
+    assert rows[2]["accuracy, test_decorrelated"] == pytest.approx(accuracy["test_decorrelated"])
+    html = (tmp_path / "demo" / "report.html").read_text()
+    assert "reads the background" in html and 'href="shortcut/diagnose-cam/index.html"' in html
+    assert (tmp_path / "demo" / "shortcut" / "diagnose-cam" / "index.html").is_file()
+    printed = capsys.readouterr().out
+    assert "background gap" in printed and rows[1]["verdict"] in printed
+    again = run_demo(tmp_path / "demo", threads=1, progress=False, parts=["shortcut"], shortcut_overrides=quick,
+                     shortcut_test_images=40)  # a second demo reuses the first's outputs
+    assert again["shortcut"] == rows

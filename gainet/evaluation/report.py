@@ -10,7 +10,8 @@ A report is a list of sections; each section is ``(heading, items)`` or
   :func:`markdown_table`;
 - ``{"image": path, "caption": text, "width": pixels}`` (caption and width optional): an
   ``<img>`` whose ``src`` is the path relative to the HTML file's folder (the image is linked,
-  not embedded, so keep it next to the report).
+  not embedded, so keep it next to the report);
+- ``{"link": path, "text": text}``: a paragraph with a link to another page (relative, as images).
 
 All text is HTML-escaped; nothing in a section is interpreted as HTML.
 """
@@ -131,14 +132,19 @@ def _paragraphs(text: str) -> str:
     return "\n".join("<p>" + html.escape(block).replace("\n", "<br>\n") + "</p>" for block in blocks)
 
 
-def _image(item: Mapping[str, Any], folder: Path) -> str:
-    source = Path(os.fspath(item["image"]))
+def _relative(path: Any, folder: Path) -> str:
+    source = Path(os.fspath(path))
     if source.is_absolute():
         try:
             source = Path(os.path.relpath(source, folder.resolve()))
         except ValueError:  # another drive on Windows: keep the absolute path
             pass
-    src = html.escape(source.as_posix(), quote=True)
+    return html.escape(source.as_posix(), quote=True)
+
+
+def _image(item: Mapping[str, Any], folder: Path) -> str:
+    source = Path(os.fspath(item["image"]))
+    src = _relative(source, folder)
     caption = str(item.get("caption", ""))
     width = item.get("width")
     size = f' width="{int(width)}"' if width is not None else ""
@@ -152,6 +158,10 @@ def _render_item(item: Any, folder: Path) -> str:
         return markdown_table_to_html(item) if _is_markdown_table(item) else _paragraphs(item)
     if isinstance(item, Mapping) and "image" in item:
         return _image(item, folder)
+    if isinstance(item, Mapping) and "link" in item:
+        text = html.escape(str(item.get("text") or item["link"]))
+        return f'<p><a href="{_relative(item["link"], folder)}">{text}</a></p>'
+
     if isinstance(item, Mapping) and "table" in item:
         columns = item.get("columns") or list(dict.fromkeys(k for row in item["table"] for k in row))
         return markdown_table_to_html(markdown_table(item["table"], columns, item.get("floatfmt", ".3f")))

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 # distribution; otherwise the model's validation split.
 DEFAULT_SPLIT = {"bias": "test_biased", "garments-bias": "test_biased"}
 MIN_FIX_IMAGES = 8
+DEFAULT_WAY = "dfr"  # gainet fix's default: see docs/shortcuts.md for the measurements behind it
 FIX_FILES = ("fix.json", "fix.md", "fixed.pt")
 GUIDANCE_MODES = "context-swap,context-only"
 
@@ -185,7 +186,7 @@ def guidance_config(subject: Subject, *, output_dir: Path, train_split: str, val
     )
 
 
-def run_fix(*, way: str = "dfr", checkpoint: str | None = None, model: str | None = None, weights: str | None = None,
+def run_fix(*, way: str = DEFAULT_WAY, checkpoint: str | None = None, model: str | None = None, weights: str | None = None,
             multi_label: bool = False, dataset: str | None = None, data_root: str | None = None,
             dataset_options: dict | None = None, image_size: int | None = None, train_split: str | None = None,
             split: str | None = None, supervision: str = "boxes", supervised_count: str = "5%",
