@@ -39,6 +39,10 @@ def test_photo_datasets_default_to_the_offline_pretrained_backbone(monkeypatch) 
     plain = TrainConfig()
     assert (worlds.model, worlds.pretrained, worlds.image_size, worlds.lr) == (plain.model, None, plain.image_size, plain.lr)
     assert _config([]).model == "small-cnn"  # the default dataset is a built-in world
+    # The method: the plain classifier on photos (GAIN lowered val mAP there, docs/own_photos.md);
+    # the worlds keep the dataclass default; a method the user names wins.
+    assert (folder.method, voc.method, worlds.method) == ("cam", "cam", plain.method)
+    assert _config(["--dataset", "folder", "--method", "gain"]).method == "gain"
 
 
 def test_options_the_user_sets_win_over_dataset_defaults(monkeypatch, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ reads the context can keep reading it there. GrabCut (Rother et al., 2004) separ
 from the box's corners by colour: the pixels outside every box of the image initialise the
 background colour model, the pixels inside are "probably foreground", and a few rounds of graph
 cuts decide each pixel. Nothing is learned, so the estimate does not inherit a biased model's
-attention (the alternative, ``swap_mask=attention``).
+attention (why the attention-thresholded ``swap_mask=attention`` was removed).
 
 GrabCut runs once per image, not per step: :func:`estimate_paste_masks` estimates the mask of
 each supervised image when the dataset is set up, on the unaugmented image, and caches it on disk
