@@ -193,12 +193,17 @@ def _without_stand_ins(batch: dict[str, Any]) -> tuple[dict[str, Any], list[str]
     flags = batch.get("load_skipped")
     if flags is None or not any(flags):
         return batch, []
-    keep = torch.tensor([not flag for flag in flags])
-    out = {key: (value[keep] if isinstance(value, torch.Tensor) and value.shape[:1] == keep.shape
-                 else [v for v, k in zip(value, keep.tolist()) if k] if isinstance(value, list) and len(value) == len(keep)
-                 else value)
-           for key, value in batch.items()}
-    return out, [flag for flag in flags if flag]
+    keep = [not flag for flag in flags]
+    mask = torch.tensor(keep)
+
+    def rows(value: Any) -> Any:  # per-row entries (tensors, lists of length B) lose the stand-ins
+        if isinstance(value, torch.Tensor) and value.shape[:1] == mask.shape:
+            return value[mask]
+        if isinstance(value, list) and len(value) == len(keep):
+            return [item for item, kept in zip(value, keep) if kept]
+        return value
+
+    return {key: rows(value) for key, value in batch.items()}, [flag for flag in flags if flag]
 
 
 def agnostic_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -161,7 +161,6 @@ def _render_item(item: Any, folder: Path) -> str:
     if isinstance(item, Mapping) and "link" in item:
         text = html.escape(str(item.get("text") or item["link"]))
         return f'<p><a href="{_relative(item["link"], folder)}">{text}</a></p>'
-
     if isinstance(item, Mapping) and "table" in item:
         columns = item.get("columns") or list(dict.fromkeys(k for row in item["table"] for k in row))
         return markdown_table_to_html(markdown_table(item["table"], columns, item.get("floatfmt", ".3f")))
