@@ -18,17 +18,19 @@ way) with ImageNet normalisation, AdamW, cross-entropy and flips, and saves ``st
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 
-def export(dataset: str, out: Path, image_size: int, split: str) -> None:
-    """The split's images as ``out/<class index>_<class name>/<index>.png``, unaugmented."""
+def export(dataset: str, out: Path, image_size: int, split: str, options: dict | None = None) -> None:
+    """The split's images as ``out/<class index>_<class name>/<index>.png``, unaugmented;
+    ``options`` are the world's parameters (``--dataset-options`` of ``gainet train``)."""
     from PIL import Image
 
     from gainet.data import build_dataset
 
-    data = build_dataset(dataset, split, image_size=image_size, train_transforms=False)
+    data = build_dataset(dataset, split, image_size=image_size, train_transforms=False, **(options or {}))
     names = [f"{i:02d}_{name.replace('/', '-')}" for i, name in enumerate(data.classes)]
     for name in names:
         (out / name).mkdir(parents=True, exist_ok=True)
@@ -87,6 +89,8 @@ def main() -> None:
     out.add_argument("--dataset", default="garments-bias")
     out.add_argument("--split", default="train")
     out.add_argument("--image-size", type=int, default=64)
+    out.add_argument("--dataset-options", type=json.loads, default=None, metavar="JSON",
+                     help='the world\'s parameters, e.g. \'{"object_size": [0.07, 0.1], "bias_p": 0.99}\'')
     out.add_argument("--out", type=Path, required=True)
     fit = steps.add_parser("train", help="plain torch fine-tuning, no gainet")
     fit.add_argument("--images", type=Path, required=True)
@@ -98,7 +102,7 @@ def main() -> None:
     fit.add_argument("--image-size", type=int, default=64)
     args = parser.parse_args()
     if args.step == "export":
-        export(args.dataset, args.out, args.image_size, args.split)
+        export(args.dataset, args.out, args.image_size, args.split, args.dataset_options)
     elif args.weights.exists():
         print(f"{args.weights} exists: kept (delete it to train again)")
     else:

