@@ -292,3 +292,34 @@ def test_a_model_trained_elsewhere_is_normalised_as_imagenet_models_are(reader_c
                           dataset_options={"num_images": 40}, output_dir=tmp_path / "d", progress=False,
                           normalize="dataset")
     assert 0.0 <= result["original"] <= 1.0 and result["model"] == str(weights)
+
+
+def test_a_torchvision_model_trained_elsewhere_is_diagnosed_and_fixed(tmp_path: Path) -> None:
+    """The path of a user's own torchvision classifier: a plain ``state_dict()`` of
+    ``mobilenet_v3_small`` with a 4-class head, diagnosed, fixed by DFR (its last layer only, the
+    rest untouched) and by guidance (a gainet run that starts from those weights)."""
+    import torchvision
+
+    from gainet.shortcuts.jobs import run_diagnose, run_fix
+
+    torch.manual_seed(0)
+    network = torchvision.models.mobilenet_v3_small(weights=None, num_classes=4)
+    weights = tmp_path / "mine.pt"
+    torch.save(network.state_dict(), weights)
+    common = dict(model="mobilenet_v3_small", weights=str(weights), dataset="bias", image_size=32,
+                  dataset_options={"num_images": 48}, progress=False, batch_size=16, threads=1)
+    result = run_diagnose(output_dir=tmp_path / "d", **{k: v for k, v in common.items() if k != "threads"})
+    assert result["model"] == str(weights) and 0.0 <= result["mixed_rand"] <= 1.0
+    dfr = run_fix(way="dfr", supervised_count="25%", output_dir=tmp_path / "dfr", **common)
+    assert dfr["before"]["gap"] == pytest.approx(result["gap"])
+    fixed = torch.load(tmp_path / "dfr" / "fixed.pt", weights_only=True)["model"]
+    original = network.state_dict()
+    inner = {k.removeprefix("backbone.model."): v for k, v in fixed.items() if k.startswith("backbone.model.")}
+    assert set(inner) == set(original)
+    changed = {k for k in original if not torch.equal(original[k], inner[k])}
+    assert changed == {"classifier.3.weight", "classifier.3.bias"}  # the last linear layer only
+    guided = run_fix(way="guidance", supervised_count="25%", epochs=1, output_dir=tmp_path / "guided", **common)
+    assert guided["way"] == "guidance" and (tmp_path / "guided" / "fixed.pt").is_file()
+    trained = torch.load(tmp_path / "guided" / "train" / "last.pt", weights_only=True)
+    assert trained["config"]["model"] == "mobilenet_v3_small"
+    assert trained["config"]["init_weights"] == str(weights.resolve())  # it starts from the user's weights
