@@ -217,7 +217,8 @@ def _run_refined(method: str, args: argparse.Namespace, checkpoint: str, state: 
                                                                       progress=progress))
         refined = eval_cams(out / f"cams-{name}", progress=progress)
         row.update({f"{name}_miou": refined["best_miou"], f"{name}_t": refined["best_threshold"]})
-    source = out / ("cams" if args.seg_labels == "seeds" else f"cams-{args.seg_labels}")
+    main_labels, *other_labels = args.seg_labels
+    source = out / ("cams" if main_labels == "seeds" else f"cams-{main_labels}")
     labels = clock.run("pseudo-labels", images, lambda: make_pseudo_labels(source, out / "labels", band=args.band,
                                                                            progress=progress))["eval"]
     row.update(label_miou=labels["miou"], label_precision=labels["confident_precision"],
@@ -233,6 +234,20 @@ def _run_refined(method: str, args: argparse.Namespace, checkpoint: str, state: 
         row["seg_miou_crf"] = clock.run("eval-seg crf", args.val_images, lambda: evaluate_segmentation(
             out / "seg" / "last.pt", out / "eval-crf", limit=args.val_images, crf=True, device="cpu",
             progress=progress))["miou"]
+    # The same segmentation recipe on labels from other maps (the rows "METHOD, seg on X labels")
+    for name in other_labels:
+        maps = out / ("cams" if name == "seeds" else f"cams-{name}")
+        alt = {"label_miou": clock.run(f"pseudo-labels {name}", images, lambda: make_pseudo_labels(
+            maps, out / f"labels-{name}", band=args.band, progress=progress))["eval"]["miou"]}
+        clock.run(f"train-seg {name}", images, lambda: train_seg(seg_config(args, out / f"labels-{name}",
+                                                                            out / f"seg-{name}")))
+        alt["seg_miou"] = evaluate_segmentation(out / f"seg-{name}" / "last.pt", out / f"eval-{name}",
+                                                limit=args.val_images, device="cpu", progress=progress)["miou"]
+        if args.crf:
+            alt["seg_miou_crf"] = evaluate_segmentation(out / f"seg-{name}" / "last.pt", out / f"eval-crf-{name}",
+                                                        limit=args.val_images, crf=True, device="cpu",
+                                                        progress=progress)["miou"]
+        row.setdefault("other_labels", {})[name] = alt
     row["minutes"] = (time.perf_counter() - started) / 60
     row["per_1000"] = {name: clock.per_1000(name) for name in clock.values}
     return row
@@ -319,8 +334,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="garments: skip the head-layer seeds of the first method")
     parser.add_argument("--no-agnostic", dest="agnostic", action="store_false",
                         help="garments: skip the class-agnostic seeds of the first method")
-    parser.add_argument("--seg-labels", default="affinity", choices=("seeds", "par", "affinity"),
-                        help="garments: the maps the pseudo labels come from (default: affinity)")
+    parser.add_argument("--seg-labels", nargs="+", default=["affinity"], choices=("seeds", "par", "affinity"),
+                        help="garments: the maps the pseudo labels come from (default: affinity); further values "
+                             "add rows with the same segmentation recipe on labels from those maps")
     parser.add_argument("--no-oracle", dest="oracle", action="store_false", help="skip the GT-trained row")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
@@ -342,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods:
             rows.append(run_method(method, args, checkpoints.get(method)))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    for row in list(rows):  # the rows of --seg-labels' further values, after their method's row
+        for offset, (name, alt) in enumerate(row.pop("other_labels", {}).items()):
+            rows.insert(rows.index(row) + 1 + offset, {"method": f"{row['method']}, seg on {name} labels",
+                                                       "seed": row["seed"], **alt})
     if len(args.seeds) > 1:
         rows += mean_rows(rows)
     columns = ["method", "seed", "mAP", "cam_miou", "t", "label_miou", "label_precision", "unsure", "seg_miou"]
