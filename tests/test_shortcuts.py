@@ -323,3 +323,25 @@ def test_a_torchvision_model_trained_elsewhere_is_diagnosed_and_fixed(tmp_path: 
     trained = torch.load(tmp_path / "guided" / "train" / "last.pt", weights_only=True)
     assert trained["config"]["model"] == "mobilenet_v3_small"
     assert trained["config"]["init_weights"] == str(weights.resolve())  # it starts from the user's weights
+
+
+def test_fix_without_way_takes_the_measured_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # docs/shortcuts.md: guidance fixed more than dfr on the pretrained bias world; the CLI must not
+    # keep its own copy of the default
+    from gainet.cli import main
+    from gainet.shortcuts import jobs
+
+    seen = {}
+
+    def fake_run_fix(**kwargs):
+        seen.update(kwargs)
+        return {"way": kwargs["way"]}
+
+    monkeypatch.setattr(jobs, "run_fix", fake_run_fix)
+    monkeypatch.setattr(jobs, "fix_markdown", lambda record: "")
+    assert jobs.DEFAULT_WAY == "guidance"
+    assert main(["fix", "--checkpoint", str(tmp_path / "model.pt"), "--output-dir", str(tmp_path / "fix")]) == 0
+    assert seen["way"] == "guidance"
+    assert main(["fix", "--checkpoint", str(tmp_path / "model.pt"), "--way", "dfr",
+                 "--output-dir", str(tmp_path / "fix2")]) == 0
+    assert seen["way"] == "dfr"
