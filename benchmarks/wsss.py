@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -277,17 +278,29 @@ def _run_oracle(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 def mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per method with the mean of every numeric column over the seeds."""
+    """One row per method with the mean of every numeric column over the seeds, and under ``"std"``
+    their sample standard deviations (``statistics.stdev``, as the project's other tables; 0 for one seed)."""
     means = []
     for method in dict.fromkeys(row["method"] for row in rows):
         group = [row for row in rows if row["method"] == method]
-        mean: dict[str, Any] = {"method": method, "seed": "mean"}
+        mean: dict[str, Any] = {"method": method, "seed": "mean", "std": {}}
         for key in group[0]:
             values = [row.get(key) for row in group]
             if key not in ("method", "seed") and all(isinstance(v, (int, float)) for v in values):
                 mean[key] = float(np.mean(values))
+                mean["std"][key] = statistics.stdev(values) if len(values) > 1 else 0.0
         means.append(mean)
     return means
+
+
+def _cell(key: str, value: Any, std: float | None, percent: tuple[str, ...]) -> Any:
+    """A table cell: percentages scaled, ``t`` with 2 decimals, a mean row's value as "mean ± std"."""
+    if not isinstance(value, float):
+        return value
+    scale, digits = (100, 1) if key in percent else (1, 2)
+    if std is not None and key != "minutes":
+        return f"{scale * value:.{digits}f} ± {scale * std:.{digits}f}"
+    return f"{value:.2f}" if key == "t" else scale * value
 
 
 def _final_map(state: dict[str, Any]) -> float | None:
@@ -377,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     columns.append("minutes")
     percent = ("mAP", "cam_miou", "label_miou", "label_precision", "unsure", "seg_miou", "label_miou_crf",
                "seg_miou_crf", "cam_miou_head", "cam_miou_agnostic", "par_miou", "affinity_miou")
-    shown = [{k: (100 * v if k in percent and isinstance(v, float) else f"{v:.2f}" if k == "t" else v)
-              for k, v in row.items()} for row in rows]
+    shown = [{k: _cell(k, v, (row.get("std") or {}).get(k), percent) for k, v in row.items() if k != "std"}
+             for row in rows]
     table = markdown_table(shown, columns, ".1f")
     stages = list(dict.fromkeys(k for row in rows for k in (row.get("per_1000") or {})))
     if stages:
