@@ -237,15 +237,20 @@ def _run_refined(method: str, args: argparse.Namespace, checkpoint: str, state: 
             progress=progress))["miou"]
     # The same segmentation recipe on labels from other maps (the rows "METHOD, seg on X labels")
     for name in other_labels:
-        maps = out / ("cams" if name == "seeds" else f"cams-{name}")
-        alt = {"label_miou": clock.run(f"pseudo-labels {name}", images, lambda: make_pseudo_labels(
-            maps, out / f"labels-{name}", band=args.band, progress=progress))["eval"]["miou"]}
+        if name == "crf":  # the main labels after the dense CRF (labels-crf above), trained on as PSA does
+            alt = {"label_miou": row["label_miou_crf"]}
+        else:
+            maps = out / ("cams" if name == "seeds" else f"cams-{name}")
+            alt = {"label_miou": clock.run(f"pseudo-labels {name}", images, lambda: make_pseudo_labels(
+                maps, out / f"labels-{name}", band=args.band, progress=progress))["eval"]["miou"]}
+        # "eval-crf" is the main network's CRF inference: the crf labels' folders are named apart
+        tag = "on-crf-labels" if name == "crf" else name
         clock.run(f"train-seg {name}", images, lambda: train_seg(seg_config(args, out / f"labels-{name}",
-                                                                            out / f"seg-{name}")))
-        alt["seg_miou"] = evaluate_segmentation(out / f"seg-{name}" / "last.pt", out / f"eval-{name}",
+                                                                            out / f"seg-{tag}")))
+        alt["seg_miou"] = evaluate_segmentation(out / f"seg-{tag}" / "last.pt", out / f"eval-{tag}",
                                                 limit=args.val_images, device="cpu", progress=progress)["miou"]
         if args.crf:
-            alt["seg_miou_crf"] = evaluate_segmentation(out / f"seg-{name}" / "last.pt", out / f"eval-crf-{name}",
+            alt["seg_miou_crf"] = evaluate_segmentation(out / f"seg-{tag}" / "last.pt", out / f"eval-crf-{tag}",
                                                         limit=args.val_images, crf=True, device="cpu",
                                                         progress=progress)["miou"]
         row.setdefault("other_labels", {})[name] = alt
@@ -347,9 +352,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="garments: skip the head-layer seeds of the first method")
     parser.add_argument("--no-agnostic", dest="agnostic", action="store_false",
                         help="garments: skip the class-agnostic seeds of the first method")
-    parser.add_argument("--seg-labels", nargs="+", default=["affinity"], choices=("seeds", "par", "affinity"),
+    parser.add_argument("--seg-labels", nargs="+", default=["affinity"], choices=("seeds", "par", "affinity", "crf"),
                         help="garments: the maps the pseudo labels come from (default: affinity); further values "
-                             "add rows with the same segmentation recipe on labels from those maps")
+                             "add rows with the same segmentation recipe on labels from those maps (crf: the "
+                             "first value's labels after the dense CRF; needs --crf)")
     parser.add_argument("--no-oracle", dest="oracle", action="store_false", help="skip the GT-trained row")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
@@ -360,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.crf and not crf_available():
         parser.error("--crf needs pydensecrf2 (pip install 'pydensecrf2==1.1')")
+    if "crf" in args.seg_labels and (not args.crf or args.seg_labels[0] == "crf"):
+        parser.error("--seg-labels crf: the CRF-refined labels of the first value; give --crf and a first value "
+                     "of seeds, par or affinity")
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
     started = time.perf_counter()
     rows = []
@@ -373,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     for row in list(rows):  # the rows of --seg-labels' further values, after their method's row
         for offset, (name, alt) in enumerate(row.pop("other_labels", {}).items()):
-            rows.insert(rows.index(row) + 1 + offset, {"method": f"{row['method']}, seg on {name} labels",
+            label = f"{args.seg_labels[0]} + CRF" if name == "crf" else name
+            rows.insert(rows.index(row) + 1 + offset, {"method": f"{row['method']}, seg on {label} labels",
                                                        "seed": row["seed"], **alt})
     if len(args.seeds) > 1:
         rows += mean_rows(rows)
