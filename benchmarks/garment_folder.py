@@ -7,6 +7,7 @@ colour, composited by their intensity) at random places. Labels: the garments' c
 with two garments of the same class has one label). Written in the ``folder`` layout:
 
     OUTPUT/images/<split>_<n>.png   OUTPUT/labels.csv (image,labels,split)   OUTPUT/classes.txt
+    OUTPUT/masks/<split>_<n>.png    (--masks: class-index masks, 0 background, k = the k-th class)
 
     python benchmarks/garment_folder.py /tmp/garments --train 480 --val 160
 
@@ -36,14 +37,17 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def scene(rng: np.random.Generator, garments: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, set[int]]:
-    """One (size, size, 3) uint8 scene and its set of class ids."""
+def scene(rng: np.random.Generator, garments: np.ndarray, labels: np.ndarray,
+          size: int) -> tuple[np.ndarray, set[int], np.ndarray]:
+    """One (size, size, 3) uint8 scene, its set of class ids and its (size, size) uint8 class-index
+    mask (0 background, 1 + class id where the garment's alpha exceeds 0.5, later garments on top)."""
     corners = rng.uniform(0, 255, size=(2, 3))
     ramp = np.linspace(0.0, 1.0, size)[:, None, None]
     direction = rng.integers(2)
     ramp = ramp if direction == 0 else ramp.transpose(1, 0, 2)
     picture = (1 - ramp) * corners[0] + ramp * corners[1] + rng.normal(0, 12, size=(size, size, 3))
     present: set[int] = set()
+    mask = np.zeros((size, size), np.uint8)
     for _ in range(int(rng.integers(1, 3))):
         index = int(rng.integers(len(garments)))
         side = int(rng.uniform(0.35, 0.55) * size)
@@ -53,7 +57,8 @@ def scene(rng: np.random.Generator, garments: np.ndarray, labels: np.ndarray, si
         region = picture[y:y + side, x:x + side]
         picture[y:y + side, x:x + side] = (1 - alpha[..., None]) * region + alpha[..., None] * colour
         present.add(int(labels[index]))
-    return np.clip(np.rint(picture), 0, 255).astype(np.uint8), present
+        mask[y:y + side, x:x + side][alpha > 0.5] = 1 + int(labels[index])
+    return np.clip(np.rint(picture), 0, 255).astype(np.uint8), present, mask
 
 
 def main() -> None:
@@ -64,20 +69,27 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96, help="scene side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--source", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
+    parser.add_argument("--masks", action="store_true",
+                        help="also write masks/<stem>.png (class ids; the labels are then the classes the mask shows)")
     args = parser.parse_args()
     garments = read_idx(args.source / "train-images-idx3-ubyte.gz")
     labels = read_idx(args.source / "train-labels-idx1-ubyte.gz")
     rng = np.random.default_rng(args.seed)
     (args.output / "images").mkdir(parents=True, exist_ok=True)
+    if args.masks:
+        (args.output / "masks").mkdir(exist_ok=True)
     (args.output / "classes.txt").write_text("".join(c + "\n" for c in CLASSES))
     with open(args.output / "labels.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "labels", "split"])
         for split, count in (("train", args.train), ("val", args.val)):
             for n in range(count):
-                picture, present = scene(rng, garments, labels, args.size)
+                picture, present, mask = scene(rng, garments, labels, args.size)
                 name = f"{split}_{n:04d}.png"
                 Image.fromarray(picture).save(args.output / "images" / name)
+                if args.masks:  # a garment hidden under another one is not in the mask, so not a label
+                    Image.fromarray(mask).save(args.output / "masks" / name)
+                    present = {int(v) - 1 for v in np.unique(mask) if v}
                 writer.writerow([name, ";".join(CLASSES[c] for c in sorted(present)), split])
     print(f"wrote {args.train} + {args.val} scenes to {args.output}")
 
