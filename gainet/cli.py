@@ -269,7 +269,8 @@ def cmd_refine_cams(args: argparse.Namespace) -> int:
     params = RefineParams(method=args.method, dilations=tuple(args.dilations), iterations=args.iterations,
                           w_rgb=args.w_rgb, w_pos=args.w_pos, layers=tuple(args.affinity_layers or ()),
                           conf_fg=args.conf_fg, conf_bg=args.conf_bg, radius=args.radius, epochs=args.epochs,
-                          lr=args.lr, seed=args.seed, beta=args.beta, walk_radius=args.walk_radius)
+                          lr=args.lr, seed=args.seed, beta=args.beta, walk_radius=args.walk_radius,
+                          background_power=args.background_power)
     result = refine_cams(args.cams, args.output, params, data_root=args.data_root, overwrite=args.overwrite,
                          device=args.device, progress=not args.no_progress)
     print(f"refine-cams: {result['written']} written, {result['skipped']} already there, {result['images']} images "
@@ -306,6 +307,9 @@ def add_refine_command(commands: Any) -> None:
     refine.add_argument("--seed", type=int, default=0, help="affinity: training seed")
     refine.add_argument("--beta", type=float, default=8.0, help="affinity: power of the affinities in the walk")
     refine.add_argument("--walk-radius", type=int, default=5, help="affinity: random-walk radius (feature grid)")
+    refine.add_argument("--background-power", type=float, default=0.0,
+                        help="affinity: walk AffinityNet's background map (1 - max map)^P beside the maps and "
+                             "score each class against it (P = 16 in AffinityNet; default 0: no background map)")
     refine.add_argument("--data-root", default=None, help="override the dataset directory")
     refine.add_argument("--overwrite", action="store_true", help="redo every file (and retrain the head)")
     refine.add_argument("--device", default="cpu", help="cpu or cuda")

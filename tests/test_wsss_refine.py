@@ -17,7 +17,7 @@ from gainet.training.config import TrainConfig
 from gainet.training.trainer import train
 from gainet.wsss import data as io
 from gainet.wsss.affinity import (
-    affinity_loss, disc_offsets, feature_affinity, pair_labels, par_offsets, par_refine, random_walk, shifted,
+    affinity_loss, background_scores, disc_offsets, feature_affinity, pair_labels, par_offsets, par_refine, random_walk, shifted,
 )
 from gainet.wsss.refine import RefineParams, refine_cams
 
@@ -71,6 +71,25 @@ def test_random_walk_equals_the_dense_matrix_power() -> None:
     got = random_walk(torch.from_numpy(maps)[None], torch.from_numpy(features)[None], radius=3, beta=2.0,
                       iterations=4)[0].numpy()
     np.testing.assert_allclose(got, dense_random_walk(maps, features, 3, 2.0, 4), rtol=1e-5, atol=1e-6)
+
+
+def test_background_walk_scores_are_the_argmax_of_the_dense_float64_walk() -> None:
+    """AffinityNet's decision: the walked background beside the walked maps, argmax. The scores
+    f_k / (f_k + b) equal the dense walk's ratios, and > 0.5 with the strongest map winning picks
+    the same label as the argmax over background and classes."""
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(3, 6, 7)).astype(np.float32)
+    maps = rng.uniform(size=(2, 6, 7)).astype(np.float32)
+    maps[:, :, :3] *= 0.1  # a background-like left part
+    background = (1 - maps.max(0, keepdims=True)) ** 2.0
+    stacked = torch.from_numpy(np.concatenate([background, maps]))[None]
+    walked = random_walk(stacked, torch.from_numpy(features)[None], radius=3, beta=2.0, iterations=4)[0]
+    got = background_scores(walked[None, 1:], walked[None, :1])[0].numpy()
+    dense = dense_random_walk(np.concatenate([background, maps]).astype(np.float64), features, 3, 2.0, 4)
+    np.testing.assert_allclose(got, dense[1:] / (dense[1:] + dense[:1]), rtol=1e-4, atol=1e-6)
+    label = np.where(got.max(0) > 0.5, 1 + got.argmax(0), 0)
+    assert (label == dense.argmax(0)).all() and 0 < (label == 0).sum() < label.size
+    assert background_scores(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)).abs().sum() == 0
 
 
 def test_par_equals_a_per_pixel_float64_reference() -> None:
@@ -181,6 +200,8 @@ def test_offsets_and_params_reject_bad_input() -> None:
         RefineParams(method="crf")
     with pytest.raises(ValueError, match="conf_fg"):
         RefineParams(method="affinity", conf_fg=1.5)
+    with pytest.raises(ValueError, match="background_power"):
+        RefineParams(method="affinity", background_power=-1)
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -239,6 +260,35 @@ def test_refine_cams_par_and_affinity_through_the_cli(seeds: Path, capsys) -> No
     assert main(["refine-cams", "--cams", str(seeds / "labels-par"), "--output", str(seeds / "x"),
                  "--no-progress"]) == 2
     assert "not cams" in capsys.readouterr().err
+
+
+def test_affinity_with_a_background_map_reuses_the_head_and_scores_against_it(seeds: Path) -> None:
+    """--background-power changes only the walk: the trained head of another folder is reused
+    (same settings but the walk's), the maps differ from the plain walk's, stay in [0, 1] and are
+    not min-max normalised (a ratio against the background need not reach 1)."""
+    import shutil
+
+    plain = seeds / "bg-plain"
+    params = RefineParams(method="affinity", epochs=1, iterations=8)
+    refine_cams(seeds / "cams", plain, params, progress=False)
+    out = seeds / "bg-walk"
+    out.mkdir()
+    shutil.copy(plain / "affinity.pt", out / "affinity.pt")
+    stamp = (out / "affinity.pt").stat().st_mtime_ns
+    result = refine_cams(seeds / "cams", out, RefineParams(method="affinity", epochs=1, iterations=8,
+                                                           background_power=4.0), progress=False)
+    assert result["written"] == 16 and (out / "affinity.pt").stat().st_mtime_ns == stamp  # not retrained
+    assert json.loads((out / "meta.json").read_text())["refinement"]["background_power"] == 4.0
+    peaks, changed = [], 0
+    for path in sorted((out / "cams").glob("*.npy")):
+        keys, maps = io.load_cams(path)
+        _, plain_maps = io.load_cams(plain / "cams" / path.name)
+        assert 0 <= maps.min() and maps.max() <= 1
+        peaks += list(maps.reshape(len(keys), -1).max(1))
+        changed += not np.allclose(maps, plain_maps, atol=1e-2)
+    assert changed >= 8 and min(peaks) < 0.999
+    assert main(["refine-cams", "--cams", str(seeds / "cams"), "--output", str(out), "--method", "affinity",
+                 "--epochs", "1", "--iterations", "8", "--background-power", "4", "--no-progress"]) == 0
 
 
 def test_refine_matches_its_own_function_on_the_seeds(seeds: Path) -> None:

@@ -179,6 +179,15 @@ def random_walk(maps: Tensor, features: Tensor, *, radius: int = 5, beta: float 
     return propagate(maps.float(), random_walk_weights(affinity, valid, beta), offsets, iterations)
 
 
+def background_scores(walked_foreground: Tensor, walked_background: Tensor) -> Tensor:
+    """AffinityNet's decision as maps: ``s_k = f_k / (f_k + b)`` in [0, 1] for walked foreground maps
+    ``(B, K, H, W)`` and the walked background ``(B, 1, H, W)`` (both >= 0). Thresholded at 0.5,
+    with the strongest map winning (``pseudo-labels``), this is the argmax over background and the
+    classes; other thresholds trade background for foreground as on any map."""
+    total = walked_foreground + walked_background
+    return torch.where(total > 0, walked_foreground / total.clamp(min=1e-12), torch.zeros_like(total))
+
+
 def pair_labels(labels: Tensor, offsets: Offsets, ignore_index: int = 255) -> tuple[Tensor, Tensor, Tensor]:
     """AffinityNet's training targets from seed labels ``(B, h, w)`` int (0 background, k > 0 a
     class, ``ignore_index`` unsure): for each pixel and offset, ``(B, N, h, w)`` bool masks of the

@@ -11,7 +11,10 @@ Two methods (numerics in :mod:`gainet.wsss.affinity`):
   below ``conf_bg`` background, the rest unsure; pairs within ``radius`` with the same label are
   trained to affinity 1, with different labels to 0, pairs with an unsure pixel ignored. Then each
   image's maps, downsampled to the features' stride-4 grid, are propagated by a random walk on
-  the predicted affinities (``beta``, ``iterations``) and resized back to native size.
+  the predicted affinities (``beta``, ``iterations``) and resized back to native size. With
+  ``background_power`` a > 0 the walk carries AffinityNet's background map ``(1 - max_k M_k)^a``
+  beside them and each output map is ``walked M_k / (walked M_k + walked background)`` (0.5 = the
+  argmax of the walked maps); with 0 the foreground maps walk alone and are min-max normalised.
 
 The output folder is a ``make-cams`` folder (``meta.json`` with ``stage: cams`` plus the
 ``refinement`` and its ``source``; ``cams/<image_id>.npy``, every map min-max normalised to
@@ -38,7 +41,8 @@ from torch import nn
 from gainet.core import normalise_maps
 from gainet.progress import progress_bar
 from gainet.wsss import data as io
-from gainet.wsss.affinity import affinity_loss, disc_offsets, feature_affinity, pair_labels, par_refine, random_walk
+from gainet.wsss.affinity import (affinity_loss, background_scores, disc_offsets, feature_affinity, pair_labels,
+                                  par_refine, random_walk)
 from gainet.wsss.cams import CAMS_DIR, CAMS_STAGE, EVAL_CAMS_JSON, require_complete, to_input
 from gainet.wsss.pseudo_labels import pseudo_label
 
@@ -66,7 +70,7 @@ class RefineParams:
     ``dim`` of the affinity features, ``conf_fg`` / ``conf_bg`` (numbers, or ``None``: the source's
     eval-cams best threshold + ``fg_margin`` / - ``bg_margin``), training ``radius``, ``epochs``,
     ``lr``, ``batch_size``, ``seed``; random walk ``beta``, ``iterations`` (default 256),
-    ``walk_radius``."""
+    ``walk_radius``, ``background_power`` (0: no background map in the walk)."""
 
     method: str = "par"
     dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
@@ -86,6 +90,7 @@ class RefineParams:
     seed: int = 0
     beta: float = 8.0
     walk_radius: int = 5
+    background_power: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -96,6 +101,8 @@ class RefineParams:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.background_power < 0:
+            raise ValueError(f"background_power must be >= 0, got {self.background_power}")
         if self.epochs < 1 or self.batch_size < 1 or self.dim < 1:
             raise ValueError("epochs, batch_size and dim must be >= 1")
 
@@ -110,7 +117,7 @@ class RefineParams:
         values = asdict(self)
         par = ("dilations", "w_rgb", "w_pos")
         learned = ("layers", "dim", "conf_fg", "conf_bg", "fg_margin", "bg_margin", "radius", "epochs", "lr",
-                   "batch_size", "seed", "beta", "walk_radius")
+                   "batch_size", "seed", "beta", "walk_radius", "background_power")
         drop = learned if self.method == "par" else par
         values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if k not in drop}
         values["iterations"] = self.steps
@@ -344,9 +351,18 @@ def _refine_chunk(chunk: list, params: RefineParams, meta: dict[str, Any], tap: 
     else:
         inputs = torch.cat([_network_input(item.image, meta, device) for item, _, _ in chunk])
         embedding = head(tap(inputs))
+        background = params.background_power > 0
+        if background:
+            # the padding's zero maps leave the max unchanged (maps are >= 0)
+            stacked = torch.cat([(1 - stacked.amax(1, keepdim=True)).clamp(min=0) ** params.background_power,
+                                 stacked], 1)
         small = F.interpolate(stacked, size=embedding.shape[-2:], mode="area")
         walked = random_walk(small, embedding, radius=params.walk_radius, beta=params.beta, iterations=params.steps)
         refined = F.interpolate(walked, size=(height, width), mode="bilinear", align_corners=False)
+        if background:
+            scores = background_scores(refined[:, 1:].clamp(min=0), refined[:, :1].clamp(min=0))
+            return [scores[b, :keys.size].clamp(0, 1).cpu().numpy() if keys.size else maps
+                    for b, (_, keys, maps) in enumerate(chunk)]
     return [normalise_maps(refined[b, :keys.size]).cpu().numpy() if keys.size else maps
             for b, (_, keys, maps) in enumerate(chunk)]
 
@@ -368,7 +384,8 @@ def _affinity_model(meta, dataset, folder: Path, output: Path, settings: dict[st
     path = output / AFFINITY_FILE
     # the walk's settings do not change the head: a folder re-walked with another beta or number
     # of iterations (--overwrite) keeps its trained head
-    settings = {k: v for k, v in settings.items() if k not in ("iterations", "beta", "walk_radius")}
+    settings = {k: v for k, v in settings.items()
+                if k not in ("iterations", "beta", "walk_radius", "background_power")}
     if path.is_file() and not overwrite:
         stored = torch.load(path, map_location=device, weights_only=True)
         if stored.get("settings") == json.loads(json.dumps(settings)):
