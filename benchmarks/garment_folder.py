@@ -85,11 +85,15 @@ def main() -> None:
         for split, count in (("train", args.train), ("val", args.val)):
             for n in range(count):
                 picture, present, mask = scene(rng, garments, labels, args.size)
+                if args.masks:  # a garment hidden under another one is not in the mask, so not a label
+                    present = {int(v) - 1 for v in np.unique(mask) if v}
+                    while not present:  # nothing visible (rare): draw the scene again, no empty label set
+                        picture, _, mask = scene(rng, garments, labels, args.size)
+                        present = {int(v) - 1 for v in np.unique(mask) if v}
                 name = f"{split}_{n:04d}.png"
                 Image.fromarray(picture).save(args.output / "images" / name)
-                if args.masks:  # a garment hidden under another one is not in the mask, so not a label
+                if args.masks:
                     Image.fromarray(mask).save(args.output / "masks" / name)
-                    present = {int(v) - 1 for v in np.unique(mask) if v}
                 writer.writerow([name, ";".join(CLASSES[c] for c in sorted(present)), split])
     print(f"wrote {args.train} + {args.val} scenes to {args.output}")
 

@@ -202,6 +202,8 @@ def test_offsets_and_params_reject_bad_input() -> None:
         RefineParams(method="affinity", conf_fg=1.5)
     with pytest.raises(ValueError, match="background_power"):
         RefineParams(method="affinity", background_power=-1)
+    with pytest.raises(ValueError, match="affinity"):
+        RefineParams(method="par", background_power=4)
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -287,6 +289,31 @@ def test_affinity_with_a_background_map_reuses_the_head_and_scores_against_it(se
         peaks += list(maps.reshape(len(keys), -1).max(1))
         changed += not np.allclose(maps, plain_maps, atol=1e-2)
     assert changed >= 8 and min(peaks) < 0.999
+    # one image recomputed from its seeds, the stored head and the numerics: background first,
+    # raised to the power, the class maps scored against it
+    import torch.nn.functional as F
+    from gainet.runner import load_trained
+    from gainet.wsss.refine import AffinityHead, FeatureTap, _network_input, feature_layers
+
+    meta = json.loads((seeds / "cams" / "meta.json").read_text())
+    item = io.raw_item(io.open_dataset(meta["data"]), 5)
+    keys, maps = io.load_cams(seeds / "cams" / "cams" / f"{item.image_id}.npy")
+    gain, config, _ = load_trained(meta["checkpoint"], torch.device("cpu"))
+    tap = FeatureTap(gain.model, feature_layers(config.model, ()))
+    inputs = _network_input(item.image, meta, torch.device("cpu"))
+    head = AffinityHead([f.shape[1] for f in tap(inputs)], 64)
+    head.load_state_dict(torch.load(out / "affinity.pt", weights_only=True)["head"])
+    with torch.no_grad():
+        embedding = head.eval()(tap(inputs))
+    seed_maps = torch.from_numpy(maps.astype(np.float32))[None]
+    stacked = torch.cat([(1 - seed_maps.amax(1, keepdim=True)) ** 4.0, seed_maps], 1)
+    walked = random_walk(F.interpolate(stacked, size=embedding.shape[-2:], mode="area"), embedding, radius=5,
+                         beta=8.0, iterations=8)
+    walked = F.interpolate(walked, size=maps.shape[-2:], mode="bilinear", align_corners=False)
+    expected = background_scores(walked[:, 1:], walked[:, :1])[0].numpy()
+    _, got = io.load_cams(out / "cams" / f"{item.image_id}.npy")
+    np.testing.assert_allclose(got, expected, atol=3e-3)  # float16 storage
+    assert "background_power" not in json.loads((plain / "meta.json").read_text())["refinement"]
     assert main(["refine-cams", "--cams", str(seeds / "cams"), "--output", str(out), "--method", "affinity",
                  "--epochs", "1", "--iterations", "8", "--background-power", "4", "--no-progress"]) == 0
 

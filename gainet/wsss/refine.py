@@ -17,10 +17,11 @@ Two methods (numerics in :mod:`gainet.wsss.affinity`):
   argmax of the walked maps); with 0 the foreground maps walk alone and are min-max normalised.
 
 The output folder is a ``make-cams`` folder (``meta.json`` with ``stage: cams`` plus the
-``refinement`` and its ``source``; ``cams/<image_id>.npy``, every map min-max normalised to
-[0, 1] again), so ``eval-cams`` and ``pseudo-labels`` read it unchanged. One file per image,
-atomically; existing files are skipped (resume), a folder made with other settings or from other
-seeds is refused unless ``overwrite``. The trained head is ``affinity.pt`` in the output folder
+``refinement`` and its ``source``; ``cams/<image_id>.npy``, every map in [0, 1]: min-max
+normalised again, or the ratio against the walked background with ``background_power``), so
+``eval-cams`` and ``pseudo-labels`` read it unchanged. One file per image, atomically; existing
+files are skipped (resume), a folder made with other settings or from other seeds is refused
+unless ``overwrite``. The trained head is ``affinity.pt`` in the output folder
 (reused when its settings match).
 """
 
@@ -103,6 +104,8 @@ class RefineParams:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if self.background_power < 0:
             raise ValueError(f"background_power must be >= 0, got {self.background_power}")
+        if self.background_power and self.method != "affinity":
+            raise ValueError("background_power is a setting of the affinity random walk (--method affinity)")
         if self.epochs < 1 or self.batch_size < 1 or self.dim < 1:
             raise ValueError("epochs, batch_size and dim must be >= 1")
 
@@ -120,6 +123,9 @@ class RefineParams:
                    "batch_size", "seed", "beta", "walk_radius", "background_power")
         drop = learned if self.method == "par" else par
         values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if k not in drop}
+        if not self.background_power:
+            # recorded only when used, so that folders made before the option still resume
+            values.pop("background_power", None)
         values["iterations"] = self.steps
         return values
 
