@@ -84,12 +84,15 @@ def main() -> None:
         writer.writerow(["image", "labels", "split"])
         for split, count in (("train", args.train), ("val", args.val)):
             for n in range(count):
-                picture, present, mask = scene(rng, garments, labels, args.size)
-                if args.masks:  # a garment hidden under another one is not in the mask, so not a label
+                while True:
+                    picture, present, mask = scene(rng, garments, labels, args.size)
+                    if not args.masks:
+                        break
+                    # a garment hidden under another one is not in the mask, so not a label; a scene
+                    # with nothing visible (rare) is drawn again rather than given an empty label set
                     present = {int(v) - 1 for v in np.unique(mask) if v}
-                    while not present:  # nothing visible (rare): draw the scene again, no empty label set
-                        picture, _, mask = scene(rng, garments, labels, args.size)
-                        present = {int(v) - 1 for v in np.unique(mask) if v}
+                    if present:
+                        break
                 name = f"{split}_{n:04d}.png"
                 Image.fromarray(picture).save(args.output / "images" / name)
                 if args.masks:

@@ -17,7 +17,8 @@ from gainet.training.config import TrainConfig
 from gainet.training.trainer import train
 from gainet.wsss import data as io
 from gainet.wsss.affinity import (
-    affinity_loss, background_scores, disc_offsets, feature_affinity, pair_labels, par_offsets, par_refine, random_walk, shifted,
+    affinity_loss, background_scores, disc_offsets, feature_affinity, pair_labels, par_offsets, par_refine,
+    random_walk, shifted,
 )
 from gainet.wsss.refine import RefineParams, refine_cams
 

@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("par", "affinity")
 AFFINITY_FILE = "affinity.pt"
+# settings of the random walk alone: they do not change the trained affinity head
+WALK_SETTINGS = ("iterations", "beta", "walk_radius", "background_power")
 # Backbone layers of the affinity head, by stride, per model family (the stride-16 names are
 # gainet.models.ATTENTION_LAYERS', the vocabulary of gainet train --attention-layer).
 FEATURE_LAYERS: dict[str, dict[str, str]] = {
@@ -349,6 +351,7 @@ def _refine_chunk(chunk: list, params: RefineParams, meta: dict[str, Any], tap: 
     for b, (_, keys, maps) in enumerate(chunk):
         stacked[b, :keys.size] = torch.from_numpy(maps)
     stacked = stacked.to(device)
+    background = params.background_power > 0  # affinity only (RefineParams checks)
     if params.method == "par":
         images = torch.stack([torch.from_numpy(np.ascontiguousarray(item.image)) for item, _, _ in chunk])
         images = images.permute(0, 3, 1, 2).float().to(device) / 255.0
@@ -357,7 +360,6 @@ def _refine_chunk(chunk: list, params: RefineParams, meta: dict[str, Any], tap: 
     else:
         inputs = torch.cat([_network_input(item.image, meta, device) for item, _, _ in chunk])
         embedding = head(tap(inputs))
-        background = params.background_power > 0
         if background:
             # the padding's zero maps leave the max unchanged (maps are >= 0)
             stacked = torch.cat([(1 - stacked.amax(1, keepdim=True)).clamp(min=0) ** params.background_power,
@@ -365,11 +367,10 @@ def _refine_chunk(chunk: list, params: RefineParams, meta: dict[str, Any], tap: 
         small = F.interpolate(stacked, size=embedding.shape[-2:], mode="area")
         walked = random_walk(small, embedding, radius=params.walk_radius, beta=params.beta, iterations=params.steps)
         refined = F.interpolate(walked, size=(height, width), mode="bilinear", align_corners=False)
-        if background:
-            scores = background_scores(refined[:, 1:].clamp(min=0), refined[:, :1].clamp(min=0))
-            return [scores[b, :keys.size].clamp(0, 1).cpu().numpy() if keys.size else maps
-                    for b, (_, keys, maps) in enumerate(chunk)]
-    return [normalise_maps(refined[b, :keys.size]).cpu().numpy() if keys.size else maps
+        if background:  # the ratio against the walked background is the output, not renormalised
+            refined = background_scores(refined[:, 1:].clamp(min=0), refined[:, :1].clamp(min=0))
+    finish = (lambda maps: maps) if background else normalise_maps
+    return [finish(refined[b, :keys.size]).cpu().numpy() if keys.size else maps
             for b, (_, keys, maps) in enumerate(chunk)]
 
 
@@ -390,8 +391,7 @@ def _affinity_model(meta, dataset, folder: Path, output: Path, settings: dict[st
     path = output / AFFINITY_FILE
     # the walk's settings do not change the head: a folder re-walked with another beta or number
     # of iterations (--overwrite) keeps its trained head
-    settings = {k: v for k, v in settings.items()
-                if k not in ("iterations", "beta", "walk_radius", "background_power")}
+    settings = {k: v for k, v in settings.items() if k not in WALK_SETTINGS}
     if path.is_file() and not overwrite:
         stored = torch.load(path, map_location=device, weights_only=True)
         if stored.get("settings") == json.loads(json.dumps(settings)):
