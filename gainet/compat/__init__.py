@@ -1,0 +1,1 @@
+"""Drop-in interfaces of other libraries, backed by gainet's own implementations."""
