@@ -110,7 +110,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
         args.checkpoint, splits=args.splits, data_root=args.data_root, output_dir=args.output,
         batch_size=args.batch_size, device=args.device, max_batches=args.max_batches, progress=not args.no_progress,
-        attention_layer=args.attention_layer,
+        attention_layer=args.attention_layer, faithfulness=args.faithfulness, randomisation=args.randomisation,
     )
     print(result["markdown"])
     return 0
@@ -136,8 +136,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
                                     attention_layer=args.attention_layer, image_size=args.image_size,
                                     device=args.device)
     result = explain_images(args.inputs, explainer, output_dir=args.output, classes=args.classes,
-                            top_k=args.top_k, save_npy=args.save_npy, overwrite=args.overwrite)
+                            top_k=args.top_k, save_npy=args.save_npy, overwrite=args.overwrite,
+                            faithfulness=args.faithfulness, randomisation=args.randomisation, progress=True)
     line = f"wrote {len(result.written)} overlays to {args.output}"
+    if "faithfulness_mean" in result.checks:
+        print("faithfulness (mean over maps; checks.json has each): " + " ".join(
+            f"{key}={value:.3f}" for key, value in result.checks["faithfulness_mean"].items()))
+    if "randomisation_spearman" in result.checks:
+        print("randomisation (Spearman to the trained maps, low = model-dependent): " + " ".join(
+            f"{row['stage']}={row['spearman']:.3f}" for row in result.checks["randomisation_curve"])
+            + f"; mean {result.checks['randomisation_spearman']:.3f}")
     if result.skipped:
         file, reason = result.skipped[0]
         line += f"; skipped {len(result.skipped)} unreadable images (first: {file}: {reason})"
@@ -642,6 +650,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--attention-layer", default=None,
                           help="score the maps of this layer instead of the trained one's (a dotted name, or a "
                                "named layer such as stride16 for efficientnet-lite0 and resnets)")
+    evaluate.add_argument("--faithfulness", type=int, default=0, metavar="N",
+                          help="also deletion/insertion AUC and ROAD of the maps (and of the class-agnostic map) on the "
+                               "first N images of each split: ~120 forward passes per image (docs/faithfulness.md)")
+    evaluate.add_argument("--randomisation", type=int, default=0, metavar="N",
+                          help="also the cascading randomisation sanity check on the first N images of each split "
+                               "(mean Spearman similarity to the trained model's maps; low is right)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     explain = commands.add_parser(
@@ -674,6 +688,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="replace overlays of these images that an earlier explain left in the output directory "
                               "(without it they are refused before anything is written)")
     explain.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    explain.add_argument("--faithfulness", action="store_true",
+                         help="also deletion/insertion AUC and ROAD of each map (~120 forward passes per map), "
+                              "written to checks.json (docs/faithfulness.md)")
+    explain.add_argument("--randomisation", action="store_true",
+                         help="also the cascading randomisation sanity check of the maps (one Grad-CAM pass per "
+                              "randomised stage), written to checks.json")
     explain.set_defaults(func=cmd_explain)
 
     demo = commands.add_parser("demo", help="the main job: a classifier that reads the background, diagnosed and "

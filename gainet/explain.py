@@ -7,6 +7,7 @@ Sits above models, core, data, evaluation and the runner (which loads checkpoint
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import re
 from collections import Counter
@@ -56,10 +57,12 @@ class Explainer:
 
 @dataclass
 class ExplainResult:
-    """Files written, and the inputs skipped as ``(file, reason)`` (unreadable images)."""
+    """Files written, the inputs skipped as ``(file, reason)`` (unreadable images), and the
+    opt-in faithfulness / randomisation results (:func:`model_dependence`; empty when off)."""
 
     written: list[Path]
     skipped: list[tuple[str, str]]
+    checks: dict = field(default_factory=dict)
 
 
 def checkpoint_explainer(checkpoint: str | Path, device: str = "auto", image_size: int | None = None) -> Explainer:
@@ -191,6 +194,9 @@ def explain_images(
     top_k: int = 1,
     save_npy: bool = False,
     overwrite: bool = False,
+    faithfulness: bool = False,
+    randomisation: bool = False,
+    progress: bool = False,
 ) -> ExplainResult:
     """Attention overlays ``<stem>_<class>.png`` (and ``.npy`` maps in [0, 1]) for each image.
 
@@ -200,6 +206,8 @@ def explain_images(
     and returned in ``skipped``; inputs sharing a stem get distinct names (:func:`output_stems`).
     Overlays of these images already in ``output_dir`` (an earlier explain) are refused in one line
     before anything is written, unless ``overwrite`` (then they are replaced).
+    ``faithfulness`` / ``randomisation``: also score the maps (:func:`model_dependence`) and write
+    ``checks.json`` beside the overlays.
     """
     if top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {top_k}")
@@ -217,6 +225,7 @@ def explain_images(
     from torchvision import tv_tensors
 
     device = explainer.device
+    explained: dict[str, list] = {"images": [], "classes": [], "maps": [], "names": []}
     for path, stem in zip(files, stems):
         try:
             rgb = read_rgb(path)
@@ -237,13 +246,68 @@ def explain_images(
             targets = chosen
         _, maps = explainer.gain.explain(batch.expand(len(targets), -1, -1, -1), targets)
         picture = denormalise(image, explainer.mean, explainer.std)
+        if faithfulness or randomisation:
+            explained["images"].append(batch.expand(len(targets), -1, -1, -1).cpu())
+            explained["classes"].append(torch.as_tensor(targets, dtype=torch.long))
+            explained["maps"].append(maps.cpu())
+            explained["names"] += [f"{stem}_{safe_name(names[c])}" for c in targets]
         for class_index, attention in zip(targets, maps.cpu()):
             name = f"{stem}_{safe_name(names[class_index])}"
             result.written.append(save_png(overlay(picture, attention), output / f"{name}.png"))
             if save_npy:
                 np.save(output / f"{name}.npy", attention.numpy())
+    if explained["images"]:
+        result.checks = model_dependence(
+            explainer, torch.cat(explained["images"]), torch.cat(explained["classes"]), torch.cat(explained["maps"]),
+            explained["names"], faithfulness=faithfulness, randomisation=randomisation, progress=progress)
+        (output / "checks.json").write_text(json.dumps(result.checks, indent=2))
     if not result.written and result.skipped:
         file, reason = result.skipped[0]
         raise DataError(file, reason if len(result.skipped) == 1 else f"{reason} (and {len(result.skipped) - 1} "
                                                                        "more unreadable images; nothing written)")
     return result
+
+
+def model_dependence(
+    explainer: Explainer,
+    images: torch.Tensor,
+    classes: torch.Tensor,
+    maps: torch.Tensor,
+    names: Sequence[str],
+    *,
+    faithfulness: bool = True,
+    randomisation: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Does the model use what its maps show, and do the maps depend on the model?
+
+    ``images`` ``(N, 3, H, W)``, ``classes`` ``(N,)``, ``maps`` ``(N, H, W)``: the explained
+    (image, class) pairs, named by ``names``. ``faithfulness``: per pair deletion and insertion
+    AUC and ROAD (:mod:`gainet.evaluation.faithfulness`) and their means; ``randomisation``: the
+    cascading randomisation check's curve and mean Spearman similarity
+    (:mod:`gainet.evaluation.randomisation`). Scores: sigmoid for a multi-label model, else softmax.
+    """
+    from gainet.evaluation.faithfulness import FAITHFULNESS_METRICS, perturbation_curve, road
+    from gainet.evaluation.randomisation import cascading_randomisation, gradcam_explain
+
+    gain, device = explainer.gain, explainer.device
+    images, classes, maps = images.to(device), classes.to(device), maps.to(device)
+    score = "sigmoid" if gain.multi_label else "softmax"
+    out: dict = {}
+    if faithfulness:
+        generator = torch.Generator().manual_seed(0)
+        deletion = perturbation_curve(gain.model, images, maps, classes, mode="deletion", baseline="zero", score=score,
+                                      progress=progress)
+        insertion = perturbation_curve(gain.model, images, maps, classes, mode="insertion", baseline="blur",
+                                       score=score, progress=progress)
+        removed = road(gain.model, images, maps, classes, score=score, generator=generator, progress=progress)
+        columns = (deletion.auc, insertion.auc, removed.morf_mean, removed.lerf_mean, removed.combined)
+        out["faithfulness"] = [{"map": name, **{key: float(values[i]) for key, values in zip(FAITHFULNESS_METRICS, columns)}}
+                               for i, name in enumerate(names)]
+        out["faithfulness_mean"] = {key: float(values.mean()) for key, values in zip(FAITHFULNESS_METRICS, columns)}
+    if randomisation:
+        result = cascading_randomisation(gain.model, images, classes, gradcam_explain(gain.backbone.layer_name),
+                                         progress=progress)
+        out["randomisation_curve"] = result.curve
+        out["randomisation_spearman"] = result.score
+    return out

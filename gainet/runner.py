@@ -32,7 +32,9 @@ DEFAULT_TEST_SPLITS = {"bias": ["test_biased", "test_decorrelated"],
                        "garments-bias": ["test_biased", "test_decorrelated"]}
 # Columns of the metrics table; each split's row is followed by its class-agnostic baseline row.
 METRIC_COLUMNS = ("mAP", "mAP_voc", "accuracy", "cam_miou", "cam_threshold", "coverage", "precision", "attention_iou", "pointing",
-                  "box_energy", "part_coverage", "body_coverage", "wrong_class_coverage", "images")
+                  "box_energy", "part_coverage", "body_coverage", "wrong_class_coverage",
+                  # opt-in (evaluate --faithfulness N / --randomisation N): docs/faithfulness.md
+                  "deletion_auc", "insertion_auc", "road", "randomisation_spearman", "images")
 
 
 def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu",
@@ -68,9 +70,15 @@ def evaluate_checkpoint(
     max_batches: int | None = None,
     progress: bool = False,
     attention_layer: str | None = None,
+    faithfulness: int = 0,
+    randomisation: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on each split; write ``metrics.json`` and ``metrics.md``.
-    ``attention_layer``: score the maps of another layer than the training config's."""
+    ``attention_layer``: score the maps of another layer than the training config's;
+    ``faithfulness`` / ``randomisation``: images per split for those opt-in metrics (0: off)."""
+    for flag, value in (("--faithfulness", faithfulness), ("--randomisation", randomisation)):
+        if value < 0:
+            raise ValueError(f"{flag} must be >= 0 images, got {value}")
     torch_device = resolve_device(device, DistributedContext())
     gain, config, state = load_trained(checkpoint, torch_device, attention_layer)
     splits = list(splits or DEFAULT_TEST_SPLITS.get(config.dataset, [config.val_split]))
@@ -82,7 +90,8 @@ def evaluate_checkpoint(
         if skip_summary(dataset)["count"]:  # also in metrics.json / metrics.md (skipped, skipped_files)
             logger.warning(skip_line(f"split {split!r}", skip_summary(dataset)))
         results[split] = evaluate_gain(gain, eval_loader(dataset, batch_size), device=torch_device,
-                                       max_batches=max_batches, progress=progress, desc=f"evaluate {split}")
+                                       max_batches=max_batches, progress=progress, desc=f"evaluate {split}",
+                                       faithfulness=faithfulness, randomisation=randomisation)
     rows = with_agnostic_rows(
         [{"split": s, **{k: v for k, v in m.items() if isinstance(v, (int, float))}} for s, m in results.items()], "split")
     columns = ["split"] + [c for c in METRIC_COLUMNS if any(c in r for r in rows)]

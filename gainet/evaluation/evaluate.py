@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from gainet.core import GAIN, label_pairs
 from gainet.evaluation.classification import ClassificationMeter
+from gainet.evaluation.faithfulness import faithfulness_summary
 from gainet.evaluation.localization import AttentionSweep, CoverageMeter, RegionCoverageMeter, class_agnostic_maps
 from gainet.progress import progress_bar
 
@@ -63,6 +64,8 @@ def evaluate_gain(
     progress: bool = False,
     desc: str = "evaluate",
     class_sensitive: bool = True,
+    faithfulness: int = 0,
+    randomisation: int = 0,
 ) -> dict[str, Any]:
     """Evaluate ``gain`` (in eval mode; its mode is restored) on ``loader``'s samples.
 
@@ -81,6 +84,16 @@ def evaluate_gain(
       nothing to find there; an object blob covers them as well as the right class's map);
     - ``part_coverage`` / ``body_coverage`` (datasets with ``part_masks``, the ``parts`` world):
       coverage at 0.5 of the class's discriminative part and of its object minus the part.
+
+    Opt-in, as they cost many forward passes per image (docs/faithfulness.md), on the first
+    ``faithfulness`` / ``randomisation`` images, each with the map of its first label:
+
+    - ``faithfulness``: ``deletion_auc``, ``insertion_auc``, ``road_morf``, ``road_lerf``, ``road``
+      (:func:`~gainet.evaluation.faithfulness.faithfulness_summary`; score: sigmoid for a
+      multi-label model, softmax otherwise), and the same for the class-agnostic map
+      (``agnostic_*``) with ``class_sensitive``;
+    - ``randomisation``: ``randomisation_spearman``, the cascading randomisation check's mean
+      Spearman similarity (low: the maps depend on the weights) and ``randomisation_curve``.
 
     Returns:
         flat metrics: ``mAP`` (multi-label; on a dataset with ``ap_definition == "voc"`` also
@@ -103,6 +116,8 @@ def evaluate_gain(
     coverages = {"": CoverageMeter(threshold=0.5), AGNOSTIC: CoverageMeter(threshold=0.5)}
     regions = RegionCoverageMeter(threshold=0.5)
     seen_masks = images_seen = 0
+    kept: dict[str, list[torch.Tensor]] = {"images": [], "classes": [], "maps": [], "agnostic": []}
+    wanted = max(faithfulness, randomisation)
     load_skipped: list[str] = []  # items that failed to load while iterating (on_error=skip)
     try:
         for step, batch in enumerate(progress_bar(loader, desc=desc, leave=False, enabled=progress, dynamic_ncols=True)):
@@ -128,6 +143,8 @@ def evaluate_gain(
                 dense[pairs[:, 0], pairs[:, 1]] = maps
             classification.update(scores.float().cpu(), labels)
             images_seen += batch_size
+            if sum(len(x) for x in kept["images"]) < wanted:
+                _keep_for_faithfulness(kept, images.cpu(), pairs, dense, class_sensitive)
             has_masks = batch["has_masks"].bool()
             if not bool(has_masks.any()):
                 continue
@@ -158,9 +175,14 @@ def evaluate_gain(
                 wrong = dense[absent[:, 0], absent[:, 1]]
                 regions.update("wrong_class_coverage", wrong, objects, valid[absent[:, 0]])
                 regions.update(AGNOSTIC + "wrong_class_coverage", agnostic[absent[:, 0]], objects, valid[absent[:, 0]])
+        if wanted and kept["images"]:
+            metrics_extra = _model_dependence(gain, kept, faithfulness, randomisation, device, progress)
+        else:
+            metrics_extra = {}
     finally:
         gain.train(was_training)
     metrics: dict[str, Any] = dict(classification.compute())
+    metrics.update(metrics_extra)
     metrics["label_prior"] = classification.label_prior()
     metrics["images"] = images_seen
     # Items the dataset dropped under on_error="skip" ((file, reason) in its ``skipped``): the
@@ -184,6 +206,46 @@ def evaluate_gain(
         metrics[prefix + "coverage_curve"] = located["curve"]
     metrics.update(regions.compute())
     return metrics
+
+
+def _keep_for_faithfulness(kept: dict[str, list[torch.Tensor]], images: torch.Tensor, pairs: torch.Tensor,
+                           dense: torch.Tensor, class_sensitive: bool) -> None:
+    """Keep each labelled image of the batch with its first label and that label's map (and the
+    class-agnostic map) for the opt-in faithfulness / randomisation metrics."""
+    first = torch.ones(len(pairs), dtype=torch.bool)
+    first[1:] = pairs[1:, 0] != pairs[:-1, 0]
+    b, c = pairs[first, 0], pairs[first, 1]
+    kept["images"].append(images[b])
+    kept["classes"].append(c)
+    kept["maps"].append(dense[b, c])
+    if class_sensitive:
+        kept["agnostic"].append(class_agnostic_maps(dense)[b])
+
+
+def _model_dependence(gain: GAIN, kept: dict[str, list[torch.Tensor]], faithfulness: int, randomisation: int,
+                      device: torch.device | str, progress: bool) -> dict[str, Any]:
+    """The opt-in metrics of :func:`evaluate_gain` on the kept images."""
+    from gainet.evaluation.randomisation import cascading_randomisation, gradcam_explain
+
+    images, classes = torch.cat(kept["images"]).to(device), torch.cat(kept["classes"]).to(device)
+    score = "sigmoid" if gain.multi_label else "softmax"
+    out: dict[str, Any] = {}
+    if faithfulness:
+        n = faithfulness
+        views = {"": kept["maps"]} | ({AGNOSTIC: kept["agnostic"]} if kept["agnostic"] else {})
+        for prefix, maps in views.items():
+            summary = faithfulness_summary(gain.model, images[:n], torch.cat(maps)[:n].to(device), classes[:n],
+                                           score=score, progress=progress)
+            out.update({prefix + key: value for key, value in summary.items()})
+        out["faithfulness_images"] = int(images[:n].shape[0])
+    if randomisation:
+        n = randomisation
+        result = cascading_randomisation(gain.model, images[:n], classes[:n], gradcam_explain(gain.backbone.layer_name),
+                                         progress=progress)
+        out["randomisation_spearman"] = result.score
+        out["randomisation_curve"] = result.curve
+        out["randomisation_images"] = int(images[:n].shape[0])
+    return out
 
 
 def _without_stand_ins(batch: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -15,7 +15,6 @@ is what a model-dependent map gives, an edge detector scores 1.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -133,7 +132,8 @@ def cascading_randomisation(
     seed: int = 0,
     progress: bool = False,
 ) -> RandomisationResult:
-    """Run the cascade on a copy of ``model`` (the model itself is not changed).
+    """Run the cascade on ``model`` in place; its parameters and buffers are restored afterwards
+    (a deep copy is not possible for every model: hooks of wrappers such as GAIN hold tensors).
 
     Args:
         model: the trained classifier.
@@ -150,16 +150,18 @@ def cascading_randomisation(
     unknown = [name for name in stages if name not in modules]
     if unknown:
         raise ValueError(f"unknown module {unknown[0]!r} in the randomisation stages")
-    with torch.no_grad():
-        reference = explain(model, images, classes).detach().double()
-    randomised = copy.deepcopy(model)
-    copies = dict(randomised.named_modules())
+    reference = explain(model, images, classes).detach().double()
+    trained = {key: value.detach().clone() for key, value in model.state_dict().items()}
     spearman, ssim = [], []
-    for index, name in enumerate(progress_bar(stages, enabled=progress, desc="randomise", leave=False)):
-        _reinitialise(copies[name], seed + index)
-        maps = explain(randomised, images, classes).detach().double()
-        spearman.append(spearman_similarity(maps, reference))
-        ssim.append(ssim_similarity(maps, reference))
+    try:
+        for index, name in enumerate(progress_bar(stages, enabled=progress, desc="randomise", leave=False)):
+            _reinitialise(modules[name], seed + index)
+            maps = explain(model, images, classes).detach().double()
+            spearman.append(spearman_similarity(maps, reference))
+            ssim.append(ssim_similarity(maps, reference))
+    finally:
+        with torch.no_grad():
+            model.load_state_dict(trained)
     return RandomisationResult(stages, torch.stack(spearman), torch.stack(ssim))
 
 
