@@ -57,7 +57,8 @@ def penultimate_features(model: nn.Module, images: Tensor, *, batch_size: int = 
 
 
 def counterfactual_training_set(data: AnnotatedImages, *, contexts_per_class: int = 1, seed: int = 0,
-                                margin: int = 1, multi_label: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+                                margin: int = 1, multi_label: bool = False, contexts_from: AnnotatedImages | None = None,
+                                with_groups: bool = False) -> tuple[Tensor, ...]:
     """Each annotated object on ``contexts_per_class`` contexts of every class, the originals, and
     every context alone.
 
@@ -67,34 +68,47 @@ def counterfactual_training_set(data: AnnotatedImages, *, contexts_per_class: in
     Returns:
         ``images`` ``(M, 3, H, W)``, ``targets`` ``(M, C)`` (objects: their labels; contexts alone:
         uniform ``1/C`` single-label, zeros multi-label) and ``kind`` ``(M,)``: 0 original, 1 object
-        on a context, 2 context alone.
+        on a context, 2 context alone; with ``with_groups`` also ``groups`` ``(M, 2)`` long: the
+        object's class (its first label; ``-1`` for a context alone) and the context's class.
+
+    Args:
+        contexts_from: the images whose contexts are used (default: ``data``'s own; an object never
+            gets its own image's context). Its context-only rows are the ones returned.
     """
     generator = torch.Generator().manual_seed(seed)
-    contexts, ok = contexts_of(data, margin=margin, generator=generator)
-    labels = data.labels
+    source = data if contexts_from is None else contexts_from
+    contexts, ok = contexts_of(source, margin=margin, generator=generator)
+    labels, context_labels = data.labels, source.labels
     n, c = labels.shape
-    images, targets, kinds = [data.images], [labels], [torch.full((n,), ORIGINAL)]
+    first = (labels > 0.5).float().argmax(1)
+    images, targets, kinds, groups = [data.images], [labels], [torch.full((n,), ORIGINAL)], [torch.stack([first, first], 1)]
     for k in range(c):
-        pool = ((labels[:, k] > 0.5) & ok).nonzero().flatten()
+        pool = ((context_labels[:, k] > 0.5) & ok).nonzero().flatten()
         if pool.numel() == 0:
             continue
         for _ in range(contexts_per_class):
             pick = pool[torch.randint(pool.numel(), (n,), generator=generator)]
-            if pool.numel() > 1:  # never an image's own context
-                clash = pick == torch.arange(n)
-                shifted = pool[(torch.searchsorted(pool, pick[clash]) + 1) % pool.numel()]
-                pick = pick.clone()
-                pick[clash] = shifted
-            keep = pick != torch.arange(n)
+            keep = torch.ones(n, dtype=torch.bool)
+            if contexts_from is None:
+                if pool.numel() > 1:  # never an image's own context
+                    clash = pick == torch.arange(n)
+                    shifted = pool[(torch.searchsorted(pool, pick[clash]) + 1) % pool.numel()]
+                    pick = pick.clone()
+                    pick[clash] = shifted
+                keep = pick != torch.arange(n)
             images.append(paste(data.objects[keep], data.images[keep], contexts[pick[keep]]))
             targets.append(labels[keep])
             kinds.append(torch.full((int(keep.sum()),), SWAP))
+            groups.append(torch.stack([first[keep], torch.full((int(keep.sum()),), k)], 1))
     alone = contexts[ok]
     none = torch.zeros(alone.shape[0], c) if multi_label else torch.full((alone.shape[0], c), 1.0 / c)
     images.append(alone)
     targets.append(none)
     kinds.append(torch.full((alone.shape[0],), CONTEXT))
-    return torch.cat(images), torch.cat(targets).float(), torch.cat(kinds)
+    alone_class = (context_labels[ok] > 0.5).float().argmax(1)
+    groups.append(torch.stack([torch.full_like(alone_class, -1), alone_class], 1))
+    out = (torch.cat(images), torch.cat(targets).float(), torch.cat(kinds))
+    return (*out, torch.cat(groups)) if with_groups else out
 
 
 def head_loss(logits: Tensor, targets: Tensor, multi_label: bool) -> Tensor:
@@ -187,7 +201,168 @@ def choose_l2(data: AnnotatedImages, features_of, *, multi_label: bool, grid: Se
     return best["l2"], rows
 
 
+L1_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
+RESAMPLES = 10
+
+
+def fit_sparse_head(features: Tensor, targets: Tensor, *, multi_label: bool, l1: float,
+                    steps: int = 300) -> tuple[Tensor, Tensor]:
+    """Minimise ``head_loss(z W^T + b) + l1 * ||W||_1`` over ``(W, b)`` (``z``: the features
+    standardised per dimension, as DFR's ``StandardScaler``), by FISTA (accelerated proximal
+    gradient with backtracking, float64); return the equivalent head on the raw features.
+
+    DFR (Kirichenko et al., ICLR 2023) refits the last layer with an l1-penalised logistic regression:
+    the penalty keeps few features, so a head that leaned on context features can drop them.
+
+    Args:
+        features: ``(M, D)``. targets: ``(M, C)`` soft targets or multi-hot.
+        l1: weight of the entrywise l1 norm of the standardised weights (the bias is free).
+    Returns:
+        ``weight`` ``(C, D)`` and ``bias`` ``(C,)`` for the raw features.
+    """
+    x = features.double()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mean) / std
+    y = targets.double()
+
+    def smooth(weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        weight = weight.detach().requires_grad_(True)
+        bias = bias.detach().requires_grad_(True)
+        loss = head_loss(z @ weight.T + bias, y, multi_label)
+        grad_w, grad_b = torch.autograd.grad(loss, (weight, bias))
+        return loss.detach(), grad_w, grad_b
+
+    def shrink(weight: Tensor, amount: float) -> Tensor:
+        return weight.sign() * (weight.abs() - amount).clamp_min(0.0)
+
+    weight = torch.zeros(y.shape[1], z.shape[1], dtype=torch.float64)
+    bias = torch.zeros(y.shape[1], dtype=torch.float64)
+    ahead_w, ahead_b, momentum, step = weight.clone(), bias.clone(), 1.0, 1.0
+    for _ in range(steps):
+        loss, grad_w, grad_b = smooth(ahead_w, ahead_b)
+        while True:  # backtracking: the quadratic upper bound must hold at the proximal point
+            new_w = shrink(ahead_w - step * grad_w, step * l1)
+            new_b = ahead_b - step * grad_b
+            new_loss = head_loss(z @ new_w.T + new_b, y, multi_label)
+            dw, db = new_w - ahead_w, new_b - ahead_b
+            bound = loss + (grad_w * dw).sum() + (grad_b * db).sum() + (dw.pow(2).sum() + db.pow(2).sum()) / (2 * step)
+            if new_loss <= bound + 1e-12 or step < 1e-8:
+                break
+            step *= 0.5
+        next_momentum = (1.0 + math.sqrt(1.0 + 4.0 * momentum ** 2)) / 2.0
+        ahead_w = new_w + (momentum - 1.0) / next_momentum * (new_w - weight)
+        ahead_b = new_b + (momentum - 1.0) / next_momentum * (new_b - bias)
+        converged = (new_w - weight).abs().max() < 1e-9 and (new_b - bias).abs().max() < 1e-9
+        weight, bias, momentum = new_w, new_b, next_momentum
+        if converged:
+            break
+    raw_weight = weight / std
+    return raw_weight.float(), (bias - raw_weight @ mean).float()
+
+
+def balanced_rows(groups: Tensor, generator: torch.Generator) -> Tensor:
+    """Row indices with every group (a distinct row of ``groups`` ``(M, 2)``) subsampled to the size of
+    the smallest one, without replacement (DFR's group-balanced reweighting set)."""
+    keys, inverse = torch.unique(groups, dim=0, return_inverse=True)
+    sizes = torch.bincount(inverse, minlength=keys.shape[0])
+    smallest = int(sizes.min())
+    picked = []
+    for g in range(keys.shape[0]):
+        members = (inverse == g).nonzero().flatten()
+        picked.append(members[torch.randperm(members.numel(), generator=generator)[:smallest]])
+    return torch.cat(picked).sort().values
+
+
+def worst_group_accuracy(logits: Tensor, targets: Tensor, kind: Tensor, groups: Tensor, multi_label: bool) -> float:
+    """The lowest accuracy over the (object class, context class) groups of the objects on contexts
+    (DFR's selection criterion); top-1, or every label right at 0.5 for multi-label."""
+    rows = kind != CONTEXT
+    if multi_label:
+        right = ((torch.sigmoid(logits) > 0.5) == (targets > 0.5)).all(1)
+    else:
+        right = logits.argmax(1) == targets.argmax(1)
+    keys, inverse = torch.unique(groups[rows], dim=0, return_inverse=True)
+    hits = torch.zeros(keys.shape[0]).index_add_(0, inverse, right[rows].float())
+    sizes = torch.bincount(inverse, minlength=keys.shape[0]).float()
+    return float((hits / sizes).min()) if keys.shape[0] else math.nan
+
+
+def fit_balanced_head(features: Tensor, targets: Tensor, groups: Tensor, *, multi_label: bool, l1: float,
+                      resamples: int = RESAMPLES, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """DFR's head: ``resamples`` l1-penalised fits (:func:`fit_sparse_head`), each on a different
+    group-balanced subsample (:func:`balanced_rows`), weights and biases averaged."""
+    generator = torch.Generator().manual_seed(seed)
+    weights, biases = [], []
+    for _ in range(resamples):
+        rows = balanced_rows(groups, generator)
+        weight, bias = fit_sparse_head(features[rows], targets[rows], multi_label=multi_label, l1=l1)
+        weights.append(weight)
+        biases.append(bias)
+    return torch.stack(weights).mean(0), torch.stack(biases).mean(0)
+
+
+def choose_l1(sets: list[tuple[Tensor, Tensor, Tensor, Tensor]], *, multi_label: bool, grid: Sequence[float] = L1_GRID,
+              resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, list[dict[str, float]]]:
+    """The l1 weight, chosen as DFR chooses it: fit on one half of the annotated objects'
+    counterfactuals, score the worst-group accuracy of the other half's, and the reverse; the best
+    mean wins (ties: the larger penalty).
+
+    Args:
+        sets: two ``(features, targets, kind, groups)`` halves.
+    """
+    rows = []
+    for l1 in grid:
+        scores = []
+        for fit, test in ((0, 1), (1, 0)):
+            weight, bias = fit_balanced_head(sets[fit][0], sets[fit][1], sets[fit][3], multi_label=multi_label,
+                                             l1=l1, resamples=max(1, resamples // 2), seed=seed)
+            logits = sets[test][0] @ weight.T + bias
+            scores.append(worst_group_accuracy(logits, sets[test][1], sets[test][2], sets[test][3], multi_label))
+        rows.append({"l1": float(l1), "worst_group": sum(scores) / 2})
+    best = max(rows, key=lambda r: (r["worst_group"], r["l1"]))
+    return best["l1"], rows
+
+
 def fix_dfr(gain: nn.Module, model: nn.Module, data: AnnotatedImages, *, multi_label: bool, seed: int = 0,
+            contexts_per_class: int = 1, batch_size: int = 64, device: torch.device | str = "cpu",
+            progress: bool = False, l1: float | None = None, resamples: int = RESAMPLES) -> dict[str, Any]:
+    """DFR as its paper runs it: retrain ``model``'s last ``nn.Linear`` in place on a
+    group-balanced set of counterfactuals of ``data`` (each object on every class's context, each
+    context alone), l1-penalised, averaged over ``resamples`` balanced subsamples; the penalty chosen
+    by worst-group accuracy on held-out annotated objects (:func:`choose_l1`).
+
+    Returns:
+        ``{"recipe": "dfr", "l1", "l1_search", "resamples", "images", "objects", "object_on_context", "context_only"}``.
+    """
+    head = last_linear(model)
+    if head.bias is None:
+        raise ValueError(f"{type(model).__name__}: its last nn.Linear has no bias; --way dfr needs one")
+
+    def features_of(images: Tensor) -> Tensor:
+        return penultimate_features(gain, images, batch_size=batch_size, device=device, progress=progress)
+
+    def feature_set(part: AnnotatedImages, part_seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        images, targets, kind, groups = counterfactual_training_set(
+            part, contexts_per_class=contexts_per_class, seed=part_seed, multi_label=multi_label, with_groups=True)
+        return features_of(images), targets, kind, groups
+
+    search: list[dict[str, float]] = []
+    if l1 is None:
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed + 1))
+        halves = [data.subset(order[: len(data) // 2]), data.subset(order[len(data) // 2:])]
+        l1, search = choose_l1([feature_set(half, seed + 10 + i) for i, half in enumerate(halves)],
+                               multi_label=multi_label, resamples=resamples, seed=seed)
+    features, targets, kind, groups = feature_set(data, seed)
+    weight, bias = fit_balanced_head(features, targets, groups, multi_label=multi_label, l1=l1, resamples=resamples,
+                                     seed=seed)
+    with torch.no_grad():
+        head.weight.copy_(weight.to(head.weight))
+        head.bias.copy_(bias.to(head.bias))
+    return {"recipe": "dfr", "l1": l1, "l1_search": search, "resamples": resamples, "images": int(kind.numel()),
+            "objects": len(data), "object_on_context": int((kind == SWAP).sum()), "context_only": int((kind == CONTEXT).sum())}
+
+
+def fix_dfr_plain(gain: nn.Module, model: nn.Module, data: AnnotatedImages, *, multi_label: bool, seed: int = 0,
             contexts_per_class: int = 1, batch_size: int = 64, device: torch.device | str = "cpu",
             progress: bool = False, l2: float | None = None) -> dict[str, Any]:
     """Retrain ``model``'s last ``nn.Linear`` in place on counterfactuals of ``data`` (DFR).
@@ -218,5 +393,5 @@ def fix_dfr(gain: nn.Module, model: nn.Module, data: AnnotatedImages, *, multi_l
     with torch.no_grad():
         head.weight.copy_(weight.to(head.weight))
         head.bias.copy_(bias.to(head.bias))
-    return {"l2": l2, "l2_search": search, "images": int(images.shape[0]), "objects": len(data),
+    return {"recipe": "plain", "l2": l2, "l2_search": search, "images": int(images.shape[0]), "objects": len(data),
             "object_on_context": int((kind == SWAP).sum()), "context_only": int((kind == CONTEXT).sum())}

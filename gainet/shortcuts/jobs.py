@@ -15,7 +15,7 @@ import torch
 
 from gainet.data import build_dataset
 from gainet.data.factory import DEFAULT_IMAGE_SIZE
-from gainet.shortcuts.diagnose import AnnotatedImages, diagnose, load_annotated
+from gainet.shortcuts.diagnose import AnnotatedImages, diagnose, load_annotated, resolve_swap_mask
 from gainet.shortcuts.report import OUTPUT_FILES, markdown, write_report
 from gainet.shortcuts.subject import Subject, checkpoint_subject, model_subject
 from gainet.training.checkpoint import save_atomic, write_text_atomic
@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 # The held-out split diagnosed by default: the biased worlds' test split of the training
 # distribution; otherwise the model's validation split.
 DEFAULT_SPLIT = {"bias": "test_biased", "garments-bias": "test_biased"}
+# Where the contexts come from (default_context_split), and at most how many.
+DEFAULT_CONTEXT_SPLIT = {"bias": "train", "garments-bias": "train"}
+CONTEXT_LIMIT = 500
 MIN_FIX_IMAGES = 8
 # gainet fix's default, from docs/shortcuts.md's 3-seed measurements with boxes on 2%: DFR tied
 # guidance on garments-bias (decorrelated 0.902 against 0.911) but fell 7 points short of it on the
@@ -91,16 +94,15 @@ def load_subject(*, checkpoint: str | None, model: str | None, weights: str | No
     config = TrainConfig(method="cam", model=model, dataset=dataset, data_root=data_root,
                          dataset_options=options, image_size=size, pretrained=None,
                          progress=False, tensorboard=False)
-    probe = build_dataset(dataset, "train" if dataset != "folder" else "all", root=data_root, image_size=size,
-                          train_transforms=False, **config.dataset_options) if dataset != "voc" else None
-    classes = list(probe.classes) if probe is not None else None
-    if classes is None:
-        from gainet.data.voc import VOC_CLASSES
-
-        classes = list(dataset_options.get("classes", VOC_CLASSES)) if dataset_options else list(VOC_CLASSES)
+    # The dataset says what the model's outputs mean: its classes and whether they are multi-label
+    # (VOC too: read as `gainet train` reads it, so a --model on VOC is scored as multi-label, the way
+    # `fix --way guidance` then trains it).
+    probe = build_dataset(dataset, "all" if dataset == "folder" else config.train_split, root=data_root, image_size=size,
+                          train_transforms=False, **config.dataset_options)
+    classes = list(probe.classes)
     multi = multi_label or bool(getattr(probe, "multi_label", False))
     return model_subject(model, weights, classes=classes, multi_label=multi, config=config, device=device,
-                         mean=tuple(probe.mean) if probe is not None else (), std=tuple(probe.std) if probe is not None else ())
+                         mean=tuple(probe.mean), std=tuple(probe.std))
 
 
 def _imagenet_statistics(model: str) -> tuple[list[float], list[float]]:
@@ -141,12 +143,63 @@ def default_split(subject: Subject) -> str:
     return DEFAULT_SPLIT.get(subject.config.dataset, subject.config.val_split)
 
 
+def default_context_split(subject: Subject) -> str:
+    """Where class-typical contexts come from: the data the model learned from. A built-in bias
+    world's biased training split (also for a model trained on its unbiased split: the contexts
+    that go with the classes in the data the user has), otherwise the model's training split."""
+    return DEFAULT_CONTEXT_SPLIT.get(subject.config.dataset, subject.config.train_split)
+
+
+def image_ids(dataset: Any, indices: Any = None) -> set[str]:
+    """The ids of ``dataset``'s images (all, or at ``indices``); empty if it names none."""
+    namer = getattr(dataset, "image_id", None)
+    if not callable(namer):
+        return set()
+    return {str(namer(int(i))) for i in (range(len(dataset)) if indices is None else indices)}
+
+
+def refuse_shared_images(train: Any, train_split: str, held_out: Any, split: str) -> None:
+    """A fixed model is judged on images it was not fine-tuned on: one line if the two splits share
+    images (``--split all``, or split files that overlap), compared by image id, not split name."""
+    shared = sorted(image_ids(train) & image_ids(held_out))
+    if shared:
+        raise ValueError(f"--split {split!r} shares {len(shared)} images with the training split {train_split!r} "
+                         f"(e.g. {shared[0]}): the fixed model must be diagnosed on images it was not trained on; "
+                         "give a held-out --split")
+
+
+def load_contexts(subject: Subject, context_split: str | None, *, test: AnnotatedImages, test_split: str,
+                  swap_mask: str, limit: int | None, seed: int, progress: bool) -> tuple[AnnotatedImages | None, str]:
+    """The annotated images whose contexts the test pastes and shows alone, and where they came from.
+
+    ``context_split`` (default :func:`default_context_split`) is read with the test's annotation
+    source. ``"same"``, or a context split without enough annotated images (logged), falls back to
+    the split under test: ``(None, ...)``, and the result says so (on a clean split whose
+    backgrounds are random the probe then finds no class in them and the verdict says why).
+    """
+    name = context_split or default_context_split(subject)
+    if name in ("same", test_split):
+        return None, f"split {test_split!r} (the split under test)"
+    dataset = _split_dataset(subject, name)
+    try:
+        contexts = load_annotated(dataset, source=test.source, limit=limit or CONTEXT_LIMIT, seed=seed + 7,
+                                  where=f"--context-split {name!r}", progress=progress)
+    except ValueError as error:
+        if context_split:  # asked for by name: say why it cannot be used
+            raise
+        logger.warning("%s; the contexts come from the split under test", error)
+        return None, f"split {test_split!r} (the split under test: {name!r} has too few annotated images)"
+    return contexts, f"split {name!r}"
+
+
 def diagnose_subject(subject: Subject, data: AnnotatedImages, output_dir: str | Path, *, split: str, seed: int,
-                     batch_size: int, progress: bool, examples: int = 4, title: str = "Background test") -> dict[str, Any]:
-    """Diagnose ``subject`` on ``data`` and write the three files into ``output_dir``."""
+                     batch_size: int, progress: bool, examples: int = 4, title: str = "Background test",
+                     contexts: AnnotatedImages | None = None, context_split: str | None = None) -> dict[str, Any]:
+    """Diagnose ``subject`` on ``data`` (contexts from ``contexts``) and write the three files into ``output_dir``."""
     started = time.perf_counter()
     result, splits, scores = diagnose(subject.gain, data, multi_label=subject.multi_label, classes=subject.classes,
-                                      seed=seed, batch_size=batch_size, device=subject.device, progress=progress)
+                                      contexts=contexts, context_split=context_split, seed=seed, batch_size=batch_size,
+                                      device=subject.device, progress=progress)
     result.update(model=subject.source, split=split, dataset=subject.config.dataset,
                   seconds=time.perf_counter() - started)
     write_report(output_dir, result, splits, scores, data.labels, mean=subject.mean, std=subject.std,
@@ -157,11 +210,12 @@ def diagnose_subject(subject: Subject, data: AnnotatedImages, output_dir: str | 
 def run_diagnose(*, checkpoint: str | None = None, model: str | None = None, weights: str | None = None,
                  multi_label: bool = False, dataset: str | None = None, data_root: str | None = None,
                  dataset_options: dict | None = None, image_size: int | None = None, split: str | None = None,
-                 supervision: str = "auto", swap_mask: str = "mask", limit: int | None = None, seed: int = 0,
+                 supervision: str = "auto", swap_mask: str = "auto", limit: int | None = None, seed: int = 0,
                  output_dir: str | Path = "runs/diagnose", overwrite: bool = False, device: str = "auto",
                  batch_size: int = 64, progress: bool = True, examples: int = 4,
-                 normalize: str = "imagenet") -> dict[str, Any]:
-    """``gainet diagnose``: the background test on one split; returns the result (also in ``diagnosis.json``)."""
+                 normalize: str = "imagenet", context_split: str | None = None) -> dict[str, Any]:
+    """``gainet diagnose``: the background test on one split, contexts from ``context_split`` (default:
+    the training distribution, :func:`default_context_split`); returns the result (also in ``diagnosis.json``)."""
     refuse_overwrite(output_dir, OUTPUT_FILES, overwrite)
     subject = load_subject(checkpoint=checkpoint, model=model, weights=weights, multi_label=multi_label,
                            dataset=dataset, data_root=data_root, dataset_options=dataset_options,
@@ -169,9 +223,11 @@ def run_diagnose(*, checkpoint: str | None = None, model: str | None = None, wei
     split = split or default_split(subject)
     dataset_object = _split_dataset(subject, split)
     data = load_annotated(dataset_object, source=supervision, swap_mask=swap_mask, limit=limit,
-                          where=f"split {split!r} of {subject.config.dataset}", progress=progress)
+                          where=f"split {split!r} of {subject.config.dataset}", progress=progress, seed=seed)
+    contexts, where = load_contexts(subject, context_split, test=data, test_split=split, swap_mask=swap_mask,
+                                    limit=None, seed=seed, progress=progress)
     return diagnose_subject(subject, data, output_dir, split=split, seed=seed, batch_size=batch_size, progress=progress,
-                            examples=examples)
+                            examples=examples, contexts=contexts, context_split=where)
 
 
 def guidance_config(subject: Subject, *, output_dir: Path, train_split: str, val_split: str, supervision: str,
@@ -193,10 +249,10 @@ def run_fix(*, way: str = DEFAULT_WAY, checkpoint: str | None = None, model: str
             multi_label: bool = False, dataset: str | None = None, data_root: str | None = None,
             dataset_options: dict | None = None, image_size: int | None = None, train_split: str | None = None,
             split: str | None = None, supervision: str = "boxes", supervised_count: str = "5%",
-            swap_mask: str = "mask", epochs: int = 2, lr: float = 1e-3, guidance: str = GUIDANCE_MODES,
+            swap_mask: str = "auto", epochs: int = 2, lr: float = 1e-3, guidance: str = GUIDANCE_MODES,
             contexts_per_class: int = 1, seed: int = 0, output_dir: str | Path = "runs/fix", overwrite: bool = False,
             device: str = "auto", batch_size: int = 64, threads: int | None = None, progress: bool = True,
-            limit: int | None = None, normalize: str = "imagenet") -> dict[str, Any]:
+            limit: int | None = None, normalize: str = "imagenet", context_split: str | None = None) -> dict[str, Any]:
     """``gainet fix``: a fixed model (``fixed.pt``, a gainet checkpoint), diagnosed before and
     after on the held-out ``split``; ``fix.json`` / ``fix.md`` hold both and the cost."""
     from gainet.bias_study import parse_supervision
@@ -208,6 +264,7 @@ def run_fix(*, way: str = DEFAULT_WAY, checkpoint: str | None = None, model: str
         raise ValueError(f"--supervision must be boxes or masks, got {supervision!r}")
     output = Path(output_dir)
     refuse_overwrite(output, FIX_FILES, overwrite)
+    swap_mask = resolve_swap_mask(swap_mask)
     if threads:
         torch.set_num_threads(threads)
     subject = load_subject(checkpoint=checkpoint, model=model, weights=weights, multi_label=multi_label,
@@ -218,15 +275,20 @@ def run_fix(*, way: str = DEFAULT_WAY, checkpoint: str | None = None, model: str
     if split == train_split:
         raise ValueError(f"--split {split!r} is the training split: the fixed model is diagnosed on held-out images")
     train = _split_dataset(subject, train_split)
+    held_out_dataset = _split_dataset(subject, split)
+    refuse_shared_images(train, train_split, held_out_dataset, split)
     count = parse_supervision([supervised_count], len(train))[0]
     chosen = choose_supervised(train, supervision, 0.0, count, seed)
     where = f"--supervised-count {supervised_count} of split {train_split!r}"
     annotated = load_annotated(train, source=supervision, swap_mask=swap_mask, indices=chosen, where=where,
                                progress=progress, min_images=MIN_FIX_IMAGES)
-    held_out = load_annotated(_split_dataset(subject, split), source="auto", swap_mask=swap_mask, limit=limit,
-                              where=f"split {split!r}", progress=progress)
-    before = diagnose_subject(subject, held_out, output / "before", split=split, seed=seed, batch_size=batch_size,
-                              progress=progress, title="Background test, before the fix")
+    held_out = load_annotated(held_out_dataset, source="auto", swap_mask=swap_mask, limit=limit,
+                              where=f"split {split!r}", progress=progress, seed=seed)
+    contexts, where_contexts = load_contexts(subject, context_split, test=held_out, test_split=split,
+                                             swap_mask=swap_mask, limit=None, seed=seed, progress=progress)
+    judged = dict(split=split, seed=seed, batch_size=batch_size, progress=progress, contexts=contexts,
+                  context_split=where_contexts)
+    before = diagnose_subject(subject, held_out, output / "before", title="Background test, before the fix", **judged)
     started = time.perf_counter()
     if way == "dfr":
         from gainet.shortcuts.fix import fix_dfr
@@ -248,8 +310,7 @@ def run_fix(*, way: str = DEFAULT_WAY, checkpoint: str | None = None, model: str
         details = {"epochs": epochs, "lr": lr, "guidance": guidance, "train_output": str(output / "train")}
     seconds = time.perf_counter() - started
     fixed.source = str(output / "fixed.pt")
-    after = diagnose_subject(fixed, held_out, output / "after", split=split, seed=seed, batch_size=batch_size,
-                             progress=progress, title="Background test, after the fix")
+    after = diagnose_subject(fixed, held_out, output / "after", title="Background test, after the fix", **judged)
     record = {"way": way, "model": subject.source, "train_split": train_split, "split": split,
               "supervision": supervision, "supervised_count": count, "swap_mask": swap_mask, "fix_seconds": seconds,
               "details": details, "before": _headline(before), "after": _headline(after)}
@@ -260,24 +321,32 @@ def run_fix(*, way: str = DEFAULT_WAY, checkpoint: str | None = None, model: str
 
 
 def _headline(result: dict[str, Any]) -> dict[str, Any]:
-    keys = ("metric", "original", "mixed_same", "mixed_rand", "gap", "context_rate", "context_confidence", "verdict")
-    return {k: result[k] for k in keys}
+    keys = ("metric", "original", "only_fg", "mixed_same", "mixed_rand", "gap", "paste_cost", "context_rate",
+            "context_chance", "context_confidence", "chance", "intervals", "verdict_code", "verdict")
+    return {k: result[k] for k in keys if k in result}
 
 
 def fix_markdown(record: dict[str, Any]) -> str:
     """Before / after table of a fix."""
     before, after = record["before"], record["after"]
     metric = before["metric"]
-    rows = [("original", "original"), ("mixed_same", "mixed-same"), ("mixed_rand", "mixed-rand"),
-            ("gap", "background gap"), ("context_rate", "context only: named as its class"),
-            ("context_confidence", "context only: confidence")]
+    rows = [("original", "original"), ("only_fg", "only-FG (object on a neutral fill)"), ("mixed_same", "mixed-same"),
+            ("mixed_rand", "mixed-rand"), ("gap", "background gap"), ("paste_cost", "cost of pasting itself"),
+            ("context_rate", "context only: named as its class"), ("context_confidence", "context only: confidence")]
     lines = [f"# gainet fix --way {record['way']}", "",
              f"{record['supervised_count']} annotated images ({record['supervision']}) of split "
              f"`{record['train_split']}`; diagnosed on `{record['split']}`; fix took {record['fix_seconds']:.1f} s.", "",
              f"| {metric} | before | after |", "|---|---:|---:|"]
-    lines += [f"| {label} | {markdown_number(before[key])} | {markdown_number(after[key])} |" for key, label in rows]
+    lines += [f"| {label} | {_with_interval(before, key)} | {_with_interval(after, key)} |" for key, label in rows
+              if key in before and key in after]
     lines += ["", f"Before: {before['verdict']}", "", f"After: {after['verdict']}", ""]
     return "\n".join(lines)
+
+
+def _with_interval(result: dict[str, Any], key: str) -> str:
+    low, high = (result.get("intervals") or {}).get(key, (None, None))
+    text = markdown_number(result[key])
+    return text if low is None or low != low else f"{text} [{low:.3f}, {high:.3f}]"
 
 
 def markdown_number(value: Any) -> str:

@@ -1,0 +1,64 @@
+"""The verdict of the background test: one rule, fixed from plain models whose answer is known.
+
+The rule reads the numbers of :func:`gainet.shortcuts.diagnose.measure` in this order:
+
+1. **No verdict** when the test cannot tell: too few objects for both mixed splits; the model's
+   original answers are at chance on this split (the 95% interval of its score reaches down to
+   the chance score of its own answers: a constant model, or a split it does not recognise); or the
+   contexts carry no class for any reader (the model-free probe of
+   :func:`gainet.shortcuts.evidence.context_probe` is at chance: e.g. the contexts of a clean
+   test split with random backgrounds), so no context can pull an answer either way.
+2. **Reads the context** when the gap's interval lies at or above :data:`GAP_READS`.
+3. **The object decides** when the gap's interval lies below :data:`GAP_READS`.
+4. Otherwise **uncertain**: the interval straddles the threshold; more annotated images narrow it.
+
+:data:`GAP_READS` was set from the plain models of ``benchmarks/verdict_calibration.py`` before any
+fixed model was diagnosed (docs/shortcuts.md, "How the verdict is decided"): every unbiased
+reference's gap interval lies below it and every biased model's above it, on both built-in worlds,
+3 seeds, held-out biased and decorrelated splits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+GAP_READS = 0.15
+
+
+def _finite(*values: Any) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def decide(result: dict[str, Any]) -> tuple[str, str]:
+    """``(code, line)``: code is ``reads_context``, ``object_decides``, ``uncertain`` or ``no_verdict``."""
+    metric = result["metric"]
+    same, rand, gap = result["mixed_same"], result["mixed_rand"], result["gap"]
+    intervals = result.get("intervals", {})
+    low, high = intervals.get("gap", (gap, gap))
+    if not _finite(gap, low, high):
+        return "no_verdict", "no verdict: too few images of distinct classes to build both mixed splits"
+    original, chance = result["original"], result.get("chance", math.nan)
+    original_low = intervals.get("original", (original, original))[0]
+    if _finite(chance, original_low) and original_low <= chance:
+        return "no_verdict", (f"no verdict: the model is at chance on this split ({metric} {original:.2f}, chance "
+                              f"{chance:.2f} for its answers): it does not recognise these images, so the test "
+                              "cannot tell what it reads")
+    probe = (result.get("contexts") or {}).get("probe") or {}
+    if _finite(probe.get("low"), probe.get("chance")) and probe["low"] <= probe["chance"]:
+        where = result["contexts"].get("split", "?")
+        return "no_verdict", (f"no verdict: the contexts (from {where}) do not go with their labels (a colour probe "
+                              f"names their class at {probe['score']:.2f}, chance {probe['chance']:.2f}), so no "
+                              "context can pull an answer; take contexts from the images the model was trained on "
+                              "(--context-split)")
+    span = f"gap {gap:.2f}, 95% interval [{low:.2f}, {high:.2f}]"
+    if low >= GAP_READS:
+        return "reads_context", (f"{metric} falls from {same:.2f} to {rand:.2f} when the object stands on another "
+                                 f"class's context ({span}, all >= {GAP_READS:.2f}): the model reads the context")
+    if high < GAP_READS:
+        lean = " (a small lean on the context)" if low > 0 else ""
+        return "object_decides", (f"{metric} {same:.2f} on a context of the object's class and {rand:.2f} on "
+                                  f"another's ({span}, all < {GAP_READS:.2f}): the object decides, not the "
+                                  f"context{lean}")
+    return "uncertain", (f"uncertain: {metric} {same:.2f} on the object's own class's context, {rand:.2f} on another's "
+                         f"({span} straddles {GAP_READS:.2f}): annotate more images to narrow it")
