@@ -519,12 +519,17 @@ def _model_source_options(parser: argparse.ArgumentParser) -> None:
                         help="input side in pixels (default: the checkpoint's; --model: the dataset's)")
     parser.add_argument("--split", default=None, help="held-out split with boxes or masks to test on (default: "
                                                       "test_biased for the bias worlds, else the val split)")
-    parser.add_argument("--swap-mask", default="mask", choices=("mask", "grabcut"),
+    parser.add_argument("--context-split", default=None,
+                        help="split whose annotated images give the class-typical contexts (default: the data the "
+                             "model learned from: its training split; the bias worlds' biased 'train'); 'same': the "
+                             "split under test")
+    parser.add_argument("--swap-mask", default="auto", choices=("auto", "mask", "grabcut"),
                         help="with boxes: paste the whole box (mask) or GrabCut's foreground inside it (grabcut, "
-                             "OpenCV) as the object")
+                             "OpenCV) as the object; auto (default): grabcut where OpenCV is installed")
     parser.add_argument("--seed", type=int, default=0, help="seed of the partner draws (and of fix's choices)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    parser.add_argument("--limit", type=int, default=None, help="test on the first N annotated images only")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="test on N annotated images only (a seeded random choice)")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished output in --output-dir")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads")
@@ -540,7 +545,8 @@ def _source_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                 dataset=args.dataset, data_root=args.data_root, dataset_options=args.dataset_options,
                 image_size=args.image_size, split=args.split, swap_mask=args.swap_mask, seed=args.seed,
                 batch_size=args.batch_size, limit=args.limit, overwrite=args.overwrite, device=args.device,
-                progress=not args.no_progress, output_dir=args.output, normalize=args.normalize)
+                progress=not args.no_progress, output_dir=args.output, normalize=args.normalize,
+                context_split=args.context_split)
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
