@@ -126,6 +126,8 @@ class AdversarialGAIN(GAIN):
         output.loss_adversary = classification_loss(adversary_scores, adversary_targets, self.multi_label)
         output.loss_area = output.loss_cl.new_zeros(())
         if mine and self.area_weight > 0 and output.attention is not None:
-            output.loss_area = output.attention.mean()
+            # No pair (no label on any image of this batch): a zero that stays in the graph.
+            attention = output.attention
+            output.loss_area = attention.mean() if attention.numel() else attention.sum()
             output.loss = output.loss + self.area_weight * output.loss_area
         return output

@@ -46,8 +46,9 @@ def label_pairs(labels: Tensor) -> Tensor:
     return torch.nonzero(labels, as_tuple=False)
 
 
-def _slot_of_pair(image_index: Tensor) -> Tensor:
-    """Rank of each pair among the pairs of its image (0 for the first label, 1 for the second...).
+def label_slots(image_index: Tensor) -> Tensor:
+    """``(P,)`` rank of each pair among the pairs of its image (0 for its first label, 1 for its
+    second...), from ``image_index`` ``(P,)``; the Grad-CAM "label slot" of the pair.
 
     ``image_index`` need not be sorted.
     """
@@ -62,15 +63,37 @@ def _slot_of_pair(image_index: Tensor) -> Tensor:
     return slot
 
 
-def gradcam_weights(scores: Tensor, features: Tensor, pairs: Tensor, *, create_graph: bool = False) -> Tensor:
-    """Eq. 1: ``w^c_k = mean_{i,j} d s^c / d f_k(i, j)`` for every pair, with ONE autograd call.
+def gradcam_weights(
+    scores: Tensor,
+    features: Tensor,
+    pairs: Tensor,
+    *,
+    create_graph: bool = False,
+    batched: bool = True,
+    slots: int | None = None,
+) -> Tensor:
+    """Eq. 1: ``w^c_k = mean_{i,j} d s^c / d f_k(i, j)`` for every pair.
 
     Pairs of the same image are spread over "slots" (an image's first label in slot 0, its second
-    in slot 1, ...); one batched ``torch.autograd.grad`` computes the gradient of every slot's
-    summed scores at once (``is_grads_batched``). Within a slot each image contributes one score,
-    so the per-image gradient equals that pair's own Grad-CAM gradient as long as images do not
-    interact after layer ``l`` (true in eval mode and for the usual heads; a train-mode BatchNorm
-    *after* the attention layer would couple them, as it would any batched Grad-CAM).
+    in slot 1, ...); one ``torch.autograd.grad`` per slot gives the gradient of that slot's summed
+    scores. Within a slot each image contributes one score, so the per-image gradient equals that
+    pair's own Grad-CAM gradient as long as images do not interact after layer ``l`` (true in eval
+    mode and for the usual heads; a train-mode BatchNorm *after* the attention layer would couple
+    them, as it would any batched Grad-CAM).
+
+    Two ways to run the slots, with the same result:
+
+    * ``batched=True``: ONE vmapped call over all slots (``is_grads_batched``). Cost: one backward
+      from the scores to ``f_l`` with every op vectorised over the slots.
+    * ``batched=False``: a loop, one backward per slot. Needed where that backward runs a
+      collective (a synchronised BatchNorm after ``l`` under DDP: ``c10d::allreduce_`` has no
+      batching rule, so vmap fails). Cost: ``n_slots`` backwards from the scores to ``f_l``.
+      Measured on the project's shared 2-core CPU, 1 thread (``benchmarks/gradcam_slots.py``,
+      1/3/6 slots, with and without ``create_graph``): the loop took 0.80-1.07x the batched
+      call's time for small-cnn width 32 at ``features.11`` (batch 32, 64 px; 50-335 ms) and
+      0.66-1.05x for ResNet-18 at ``layer3`` (batch 16, 128 px): the vmapped ops are no cheaper
+      on a CPU. Not measured on a GPU, where the loop launches ``n_slots`` times as many kernels,
+      so the batched call stays the default wherever no collective is involved.
 
     Args:
         scores: ``(B, C)`` logits, part of the graph that produced ``features``.
@@ -78,23 +101,32 @@ def gradcam_weights(scores: Tensor, features: Tensor, pairs: Tensor, *, create_g
         pairs: ``(P, 2)`` ``(image_index, class_index)``.
         create_graph: keep the graph of the weights so that losses also differentiate through
             ``w`` (second order); ``False`` treats ``w`` as a constant, as Grad-CAM does.
+        batched: one vmapped call (``True``) or one call per slot (``False``), see above.
+        slots: number of slots to differentiate, at least the number the pairs need (default:
+            that number). Extra slots have all-zero gradient outputs: their backward runs (and
+            makes the same collectives as on a process whose images have more labels) and adds
+            nothing. Under DDP every rank passes the same value, so every rank runs the same
+            backwards whatever its labels, none included.
 
     Returns:
         ``(P, K)`` weights in at least float32 (the spatial mean of half-precision gradients is
         taken in float32). The graph of ``scores`` is retained for the caller's own backward.
     """
-    if pairs.numel() == 0:
-        return features.new_zeros(0, features.shape[1])
     image_index, class_index = pairs[:, 0], pairs[:, 1]
-    slot = _slot_of_pair(image_index)
-    n_slots = int(slot.max()) + 1
+    slot = label_slots(image_index) if pairs.numel() else image_index
+    needed = int(slot.max()) + 1 if pairs.numel() else 0
+    n_slots = needed if slots is None else slots
+    if n_slots < needed:
+        raise ValueError(f"slots={slots} is fewer than the {needed} label slots the pairs need")
+    if n_slots == 0:
+        return features.new_zeros(0, features.shape[1], dtype=full_precision(features).dtype)
     grad_outputs = scores.new_zeros(n_slots, *scores.shape)
     grad_outputs[slot, image_index, class_index] = 1.0
-    if n_slots == 1:
-        (gradients,) = torch.autograd.grad(
-            scores, features, grad_outputs[0], retain_graph=True, create_graph=create_graph
-        )
-        gradients = gradients.unsqueeze(0)
+    if n_slots == 1 or not batched:
+        gradients = torch.stack([
+            torch.autograd.grad(scores, features, grad_outputs[s], retain_graph=True, create_graph=create_graph)[0]
+            for s in range(n_slots)
+        ])
     else:
         (gradients,) = torch.autograd.grad(
             scores, features, grad_outputs, retain_graph=True, create_graph=create_graph, is_grads_batched=True

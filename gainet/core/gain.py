@@ -11,13 +11,14 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from gainet.core.attention import attention_maps, gradcam_weights, label_pairs, linear_head_weights
+from gainet.core.attention import attention_maps, gradcam_weights, label_pairs, label_slots, linear_head_weights
 from gainet.core.backbone import (
     AttentionBackbone,
     batchnorm_in_eval_mode,
     batchnorm_with_batch_stats_only,
     call_with_constant_parameters,
 )
+from gainet.core.collectives import agreed_maximum, synchronising_modules
 from gainet.core.losses import (
     attention_mining_loss,
     class_scores,
@@ -151,14 +152,27 @@ class GAIN(nn.Module):
     def pair_attention(
         self, scores: Tensor, features: Tensor, pairs: Tensor, output_size: tuple[int, int] | None
     ) -> Tensor:
-        """Normalised maps ``(P, H, W)`` for ``pairs`` from one forward's ``scores`` and ``features``."""
+        """Normalised maps ``(P, H, W)`` for ``pairs`` from one forward's ``scores`` and ``features``.
+
+        Autograd weights in a model with a train-mode synchronised BatchNorm (DDP): the Grad-CAM
+        backward runs its collectives, so the label slots are looped over, never vmapped, and
+        their number is the maximum over the ranks (one small all_reduce): every rank runs the
+        same backwards, including one whose images have fewer labels or none
+        (:func:`~gainet.core.attention.gradcam_weights`). Otherwise one vmapped call.
+        """
         if self.backbone.linear_head is not None:
             head = self.backbone.linear_head.weight
             weights = linear_head_weights(
                 head if self.weights_grad else head.detach(), pairs[:, 1], tuple(features.shape[-2:])
             )
         else:
-            weights = gradcam_weights(scores, features, pairs, create_graph=self.weights_grad)
+            synchronising = synchronising_modules(self.backbone.model)
+            slots = None
+            if synchronising:
+                needed = int(label_slots(pairs[:, 0]).max()) + 1 if pairs.numel() else 0
+                slots = agreed_maximum(needed, synchronising, features.device)
+            weights = gradcam_weights(scores, features, pairs, create_graph=self.weights_grad,
+                                      batched=not synchronising, slots=slots)
         return attention_maps(features, weights, pairs[:, 0], output_size)
 
     def label_attention(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -277,7 +291,11 @@ class GAIN(nn.Module):
         pairs = label_pairs(labels)
         image_index, class_index = pairs[:, 0], pairs[:, 1]
 
-        use_mining = mine and self.alpha > 0 and pairs.shape[0] > 0
+        # Which streams run is decided by the arguments, never by the data: under DDP with a
+        # synchronised BatchNorm the Grad-CAM backward and the erased forward make collectives, so
+        # a process whose share holds no supervised image (or no label) runs them too, with L_e
+        # (L_am) a zero that stays in the graph.
+        use_mining = mine and self.alpha > 0
         use_masks = masks is not None and self.omega_e > 0
         if use_masks:
             if masks.shape != (*scores.shape, *images.shape[-2:]):
@@ -288,7 +306,6 @@ class GAIN(nn.Module):
                 torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
                 if supervised is None else supervised.to(device=images.device, dtype=torch.bool)
             )
-            use_masks = bool(supervised.any())
         if not (use_mining or use_masks):
             return GAINOutput(loss_cl, loss_cl, zero, zero, scores, pairs, all_scores=all_scores, features=features)
 

@@ -79,17 +79,24 @@ class DistributedContext:
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return [self.world_size * n / t if t > 0 else 1.0 for n, t in zip(local.tolist(), total.tolist())]
 
-    def sync_batchnorm(self, module: nn.Module, device: torch.device) -> nn.Module:
+    def sync_batchnorm(self, module: nn.Module, device: torch.device, *, second_order: bool = False) -> nn.Module:
         """Replace every BatchNorm layer of ``module`` (in place) by one that normalises training
         batches with the statistics of the global batch: :class:`torch.nn.SyncBatchNorm` on GPUs,
         :class:`DistributedBatchNorm` elsewhere (torch's SyncBatchNorm refuses CPU tensors).
-        Identity in a single process. Call on every rank before wrapping in DDP."""
+        Identity in a single process. Call on every rank before wrapping in DDP.
+
+        ``second_order``: the loss differentiates through BatchNorm's backward (``rrr``'s input
+        gradients, ``weights_grad``'s Grad-CAM weights, ``create_graph=True``). torch's
+        SyncBatchNorm has no derivative of its backward (``batch_norm_backward_elemt``), so on
+        GPUs too :class:`DistributedBatchNorm` is used then, on an NCCL group of its own.
+        """
         if not self.enabled:
             return module
-        if device.type == "cuda":
+        if device.type == "cuda" and not second_order:
             return convert_batchnorm(module, nn.SyncBatchNorm)
         # A group of its own keeps these collectives apart from DDP's gradient buckets.
-        return convert_batchnorm(module, DistributedBatchNorm, process_group=dist.new_group(backend="gloo"))
+        group = dist.new_group(backend="nccl" if device.type == "cuda" else "gloo")
+        return convert_batchnorm(module, DistributedBatchNorm, process_group=group)
 
     def shutdown(self) -> None:
         if self.enabled and dist.is_initialized():
@@ -127,7 +134,12 @@ class DistributedBatchNorm(_BatchNorm):
     statistics) and single-process use are plain BatchNorm. Every rank must call it equally often
     (GAIN's streams do). ``track_running_stats = False`` in training mode (GAIN's erased stream)
     normalises with global batch statistics and leaves the buffers alone.
+
+    ``synchronises_ranks`` tells the core (:func:`gainet.core.collectives.synchronising_modules`)
+    that this module's forward and backward make collectives in training mode.
     """
+
+    synchronises_ranks = True
 
     def __init__(self, *args, process_group: dist.ProcessGroup | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -148,8 +160,10 @@ class DistributedBatchNorm(_BatchNorm):
         local = torch.cat([x.sum(dims), (x * x).sum(dims), x.new_tensor([input.numel() / channels])])
         total = _SumOverRanks.apply(local, group)
         count = total[-1]
-        mean = total[:channels] / count
-        var = (total[channels:2 * channels] / count - mean * mean).clamp_min(0.0)
+        # A batch empty on every rank (an erased stream with no label anywhere) gives an empty
+        # output; the clamp keeps 0/0 out of its statistics and their gradients.
+        mean = total[:channels] / count.clamp_min(1.0)
+        var = (total[channels:2 * channels] / count.clamp_min(1.0) - mean * mean).clamp_min(0.0)
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

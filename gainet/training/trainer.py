@@ -182,19 +182,22 @@ class Trainer:
         self.gain = self.gain.to(self.device)
         if config.channels_last:
             self.gain = self.gain.to(memory_format=torch.channels_last)
-        # DDP: BatchNorm normalises with the global batch's statistics (as one process would).
-        self.gain = self.context.sync_batchnorm(self.gain, self.device)
+        # Guidance: one small unit per mode; the counterfactual rows they read are built in the
+        # DataLoader workers (collate) and go through the one forward pass with the originals.
+        self.guides = build_guides(config.guidance_modes, context_target=config.context_target)
+        self.input_gradient = any(guide.input_gradient for guide in self.guides)
+        # DDP: BatchNorm normalises with the global batch's statistics (as one process would); a
+        # loss through BatchNorm's backward (rrr, weights_grad) needs one whose backward has a
+        # derivative (torch's SyncBatchNorm has none).
+        self.gain = self.context.sync_batchnorm(self.gain, self.device,
+                                                second_order=self.input_gradient or config.weights_grad)
         self.module: nn.Module = (
             DistributedDataParallel(self.gain, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.context.enabled else self.gain
         )
         self.adversarial = isinstance(self.gain, AdversarialGAIN)
-        # Guidance: one small unit per mode; the counterfactual rows they read are built in the
-        # DataLoader workers (collate) and go through the one forward pass with the originals.
-        self.guides = build_guides(config.guidance_modes, context_target=config.context_target)
         transforms = batch_transforms(self.guides, multi_label=self.multi_label, partners=config.swap_partners)
         self.collate = CounterfactualCollate(transforms) if transforms else None
-        self.input_gradient = any(guide.input_gradient for guide in self.guides)
         attention_parameters = self.gain.attention_parameters() if self.adversarial else list(self.gain.parameters())
         self.optimizer = build_optimizer(config, [p for p in attention_parameters if p.requires_grad])
         self.scheduler = build_scheduler(config, self.optimizer)
