@@ -1,20 +1,23 @@
 """Issue 30: under DDP every rank runs the same collectives, whatever its share of the data.
 
 One ``torchrun --nproc_per_node 2`` launch (gloo, 127.0.0.1, 30 s per collective instead of the
-trainer's 600) of ``benchmarks/ddp_matrix.py --subset ci`` runs 41 combinations inside the same
+trainer's 600) of ``benchmarks/ddp_matrix.py --subset ci`` runs 44 combinations inside the same
 two workers: the issue's two reproductions, every method x every guidance mode at small-cnn's
 ``features.11`` (autograd Grad-CAM weights, whose backward meets the distributed BatchNorm's
 all_reduce), every method once at the head layer ``features``, with the supervision spreads
 (rank 0 without a supervised image, one on each rank, all supervised) and single/multi-label
-data in rotation; in the multi-label rows rank 0's images carry 2 labels where rank 1's carry 1.
+data in rotation (in the multi-label rows rank 0's images carry 2 labels where rank 1's carry 1),
+and 3 combinations where rank 0's images carry no label at all.
 Each combination is a real Trainer doing one DDP step on a hand-picked batch per rank; it passes
 when both ranks finish, the loss is finite, the step moved the weights and the two ranks' weights
 and buffers are bit-identical. The full matrix (396 combinations) is the benchmark script itself
-(docs/distributed.md). About 25 s on 2 shared cores.
+(docs/distributed.md). About 35 s on 2 shared cores.
 
-Before the fix the two reproductions failed as in the issue: the first with a gloo timeout (the
-Grad-CAM backward ran on the rank holding the supervised image only), the second with
-"Batching rule not implemented for c10d::allreduce_" (vmapped Grad-CAM over the all_reduce).
+Before the fix the two reproductions failed as in the issue (each run alone with ``--only``): the
+first with a gloo timeout (the Grad-CAM backward ran on the rank holding the supervised image
+only), the second with "Batching rule not implemented for c10d::allreduce_" (vmapped Grad-CAM
+over the all_reduce). The CI subset runs the second first: on the unfixed code it ends the launch
+in seconds, and the first is then "not reached", failing too.
 """
 
 from __future__ import annotations
