@@ -75,6 +75,9 @@ def test_context_deletion_keeps_the_remaining_pixels_and_changes_the_removed() -
         intact = model(images).softmax(1).gather(1, classes[:, None])[:, 0].double()
     torch.testing.assert_close(curve.scores[:, 0], intact, atol=1e-6, rtol=0)
     assert not torch.allclose(curve.scores[:, 2], intact)
+    with torch.no_grad():  # everything removed: nothing to fill from, the image is 0
+        empty = model(torch.zeros_like(images)).softmax(1).gather(1, classes[:, None])[:, 0].double()
+    torch.testing.assert_close(curve.scores[:, -1], empty, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="deletion only"):
         perturbation_curve(model, images, maps, classes, mode="insertion", baseline="context")
 

@@ -146,7 +146,9 @@ def perturbation_curve(
         mode: ``deletion`` or ``insertion``.
         steps: number of steps ``S`` (``S + 1`` forward passes per image).
         baseline: ``blur``, ``mean``, ``zero`` (:func:`baseline_images`) or, for deletion only,
-            ``context``: the removed pixels filled from the remaining ones at each step.
+            ``context``: the removed pixels filled from the remaining ones at each step
+            (:func:`~gainet.core.counterfactual.fill_from_context`; the last step, with nothing
+            left, is all 0).
         score: ``softmax``, ``sigmoid`` or ``logit`` (:func:`target_scores`).
         batch_size: images per forward pass.
         generator: for the ``context`` fill's grain.
@@ -174,7 +176,9 @@ def perturbation_curve(
             image, chosen = images[part], first[part]
             if mode == "deletion":
                 if fixed is None:
-                    perturbed, _ = fill_from_context(image, chosen[:, 0].to(image.dtype), generator=generator)
+                    perturbed, ok = fill_from_context(image, chosen[:, 0].to(image.dtype), generator=generator)
+                    # Everything removed: no context left to fill from, so the image becomes 0.
+                    perturbed = torch.where(ok[:, None, None, None], perturbed, torch.zeros_like(perturbed))
                 else:
                     perturbed = torch.where(chosen, fixed[part], image)
             else:
