@@ -8,7 +8,7 @@ set -eu
 PYTHON=${PYTHON:-python}
 OUT=${OUT:-runs/verdict}
 export OMP_NUM_THREADS=1
-for WORLD in bias garments-bias; do
+for WORLD in ${WORLDS:-bias garments-bias}; do
     if [ "$WORLD" = bias ]; then OPTS='{"object_size": [0.07, 0.1], "bias_p": 0.99}'; else OPTS='{}'; fi
     for SPLIT in train train_unbiased; do
         [ -f "$OUT/export/$WORLD-$SPLIT/done" ] || {

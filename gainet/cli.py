@@ -61,11 +61,22 @@ def add_config_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...]
         elif kind is dict:
             kwargs["type"] = _parse_mapping
             kwargs["metavar"] = "K=V,..."
+        elif typing.get_origin(kind) is list:
+            kwargs["type"] = _parse_int_list
+            kwargs["metavar"] = "N,N,..."
         else:
             kwargs["type"] = kind
             if "choices" in field.metadata:
                 kwargs["choices"] = field.metadata["choices"]
         group.add_argument(flag, **kwargs)
+
+
+def _parse_int_list(text: str) -> list[int]:
+    """``"3,17,40"`` -> ``[3, 17, 40]`` (one line naming the bad item otherwise)."""
+    try:
+        return [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def recorded_config(args: argparse.Namespace) -> Path | None:
@@ -597,7 +608,7 @@ def add_shortcut_commands(commands: Any) -> None:
                     "gainet checkpoint), fix.json, fix.md and the diagnoses before/ and after/.")
     _model_source_options(fix)
     # default None: gainet.shortcuts.jobs.DEFAULT_WAY decides (chosen from measurements, docs/shortcuts.md)
-    fix.add_argument("--way", default=None, choices=("dfr", "guidance"),
+    fix.add_argument("--way", default=None, choices=("auto", "guidance", "dfr", "guidance-dfr", "dfr-l2"),
                      help="how to fix (default guidance: on the pretrained bias world it fixed more than dfr "
                           "with boxes on 2%%, at about 20x dfr's seconds; docs/shortcuts.md)")
     fix.add_argument("--train-split", default=None, help="split the annotated images come from (default: the "

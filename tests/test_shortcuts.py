@@ -255,7 +255,13 @@ def test_verdict_rule_reads_the_intervals() -> None:
     assert code(GAP_READS, GAP_READS - 0.05, GAP_READS + 0.05) == "uncertain"  # straddles: more images needed
     assert code(math.nan, math.nan, math.nan) == "no_verdict"
     # at chance on the split: a constant model, or one that does not recognise these images
-    assert code(0.5, 0.4, 0.6, original=0.3, intervals={"original": [0.2, 0.4]}, chance=0.28) == "no_verdict"
+    at_chance = {"original": [0.2, 0.4], "mixed_same": [0.2, 0.35]}
+    chances = {"original": 0.28, "mixed_same": 0.27}
+    assert code(0.05, 0.0, 0.1, original=0.3, intervals=at_chance, chances=chances) == "no_verdict"
+    # at chance on the originals only because the split's contexts are random: a context reader
+    # still recognises its objects on their own class's context, and gets its verdict
+    reader = {"original": [0.2, 0.4], "mixed_same": [0.9, 1.0]}
+    assert code(0.7, 0.6, 0.8, original=0.3, intervals=reader, chances=chances) == "reads_context"
     # contexts that carry no class (a clean split's own): nothing to tell, whatever the gap
     flat = {"split": "split 'test'", "probe": {"score": 0.27, "low": 0.22, "high": 0.31, "chance": 0.25}}
     assert code(0.01, -0.02, 0.03, contexts=flat) == "no_verdict"
@@ -527,3 +533,44 @@ def test_balanced_rows_give_every_group_the_smallest_groups_size() -> None:
     rows = balanced_rows(groups, torch.Generator().manual_seed(0))
     keys, counts = torch.unique(groups[rows], dim=0, return_counts=True)
     assert keys.shape[0] == 4 and counts.tolist() == [3, 3, 3, 3] and rows.unique().numel() == rows.numel()
+
+
+# ---------------------------------------------------------------------- the Python API (in memory)
+def _tensors(world: "ColourWorld") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    items = [world[i] for i in range(len(world))]
+    images = torch.stack([item["image"] for item in items])
+    labels = torch.stack([item["labels"] for item in items]).argmax(1)
+    boxes = []
+    for item in items:
+        ys, xs = item["box_masks"].amax(0).nonzero(as_tuple=True)
+        boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+    return images, labels, torch.tensor(boxes)
+
+
+def test_api_diagnoses_and_fixes_a_model_in_memory(tmp_path: Path) -> None:
+    from gainet.shortcuts import annotated_images, diagnose_model, fix_model
+
+    test_images, test_labels, test_boxes = _tensors(ColourWorld(n=60, seed=11, random_contexts=True))
+    train_images, train_labels, train_boxes = _tensors(ColourWorld(n=60, seed=12))
+    test = annotated_images(test_images, test_labels, boxes=test_boxes)
+    seen = annotated_images(train_images, train_labels, boxes=train_boxes)
+    # the boxes become the same object pixels load_annotated reads from a dataset
+    assert torch.equal(seen.objects, load_annotated(ColourWorld(n=60, seed=12), progress=False).objects)
+    reader = ColourModel("context")
+    report = diagnose_model(reader, test, contexts=seen, classes=["a", "b", "c"])
+    assert report.code == "reads_context" and report.gap[0] == 1.0 and "| mixed-rand" in report.markdown()
+    files = report.write(tmp_path / "d")
+    assert json.loads(files["diagnosis.json"].read_text())["verdict_code"] == "reads_context"
+    assert "Which context leaks" in files["index.html"].read_text()
+    fixed = fix_model(reader, seen, way="dfr")
+    assert fixed.model is not reader and torch.equal(reader.fc.weight[:, :3], 20.0 * torch.eye(3))  # a copy
+    assert diagnose_model(fixed.model, test, contexts=seen).code == "object_decides"
+    tuned = fix_model(reader, seen, way="finetune", train=(train_images, train_labels), epochs=30, lr=0.05,
+                      batch_size=12, annotated_per_batch=9)
+    after = diagnose_model(tuned.model, test, contexts=seen)
+    assert after.result["mixed_rand"] > 0.9 and after.code == "object_decides", after.verdict
+    assert tuned.details["finetune"]["rows_per_step"] > 9  # swaps and contexts joined every step
+    with pytest.raises(ValueError, match="train="):
+        fix_model(reader, seen, way="finetune")
+    with pytest.raises(ValueError, match="exactly one of masks= or boxes="):
+        annotated_images(test_images, test_labels)

@@ -6,6 +6,11 @@
 - :mod:`gainet.shortcuts.fix`: last-layer retraining on counterfactual images (DFR, Kirichenko
   et al. 2023) and the helpers that turn a classifier into a gainet checkpoint.
 - :mod:`gainet.shortcuts.report`: ``diagnosis.json``, ``diagnosis.md`` and ``index.html``.
+- :mod:`gainet.shortcuts.api`: the same on a model in memory, images as tensors (a notebook).
 
 Plain PyTorch (tensors in, numbers out); the CLI sits above.
 """
+
+from gainet.shortcuts.api import Diagnosis, Fix, annotated_images, diagnose_model, finetune, fix_model
+
+__all__ = ["Diagnosis", "Fix", "annotated_images", "diagnose_model", "finetune", "fix_model"]

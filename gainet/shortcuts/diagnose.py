@@ -354,8 +354,9 @@ def measure(splits: CounterfactualSplits, scores: dict[str, Tensor], *, multi_la
     Returns:
         JSON-ready: per object split its score; ``gap`` (mixed-same - mixed-rand), ``paste_cost``
         (original - mixed-same), ``context_rate`` / ``context_confidence``; ``intervals`` (name ->
-        ``[low, high]``, 95% percentile bootstrap, paired over the objects); ``chance`` (the
-        original answers' score against other images' labels) and ``context_chance``.
+        ``[low, high]``, 95% percentile bootstrap, paired over the objects); ``chances`` (per object
+        split, its answers' score against other images' labels), ``chance`` (the original's) and
+        ``context_chance``.
     """
     answers = _answers(splits, scores)
     n = len(splits.data)
@@ -374,7 +375,9 @@ def measure(splits: CounterfactualSplits, scores: dict[str, Tensor], *, multi_la
         counts = _unit_counts(named.numel(), RESAMPLES, torch.Generator().manual_seed(seed + 1))
         samples["context_rate"] = (counts @ named.float()) / named.numel()
     result["intervals"] = {name: list(interval(samples[name])) for name in samples}
-    result["chance"] = chance_score(scores["original"], splits.labels("original"), multi_label, seed=seed)
+    result["chances"] = {name: chance_score(scores[name], splits.labels(name), multi_label, seed=seed)
+                         for name in ("original", "only_fg", "mixed_same")}
+    result["chance"] = result["chances"]["original"]
     return result
 
 

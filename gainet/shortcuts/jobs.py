@@ -34,6 +34,7 @@ MIN_FIX_IMAGES = 8
 # guidance on garments-bias (decorrelated 0.902 against 0.911) but fell 7 points short of it on the
 # pretrained bias world (0.822 against 0.894), so it is not the default; it stays the fast way.
 DEFAULT_WAY = "guidance"
+WAYS = ("auto", "guidance", "dfr", "guidance-dfr", "dfr-l2")
 FIX_FILES = ("fix.json", "fix.md", "fixed.pt")
 GUIDANCE_MODES = "context-swap,context-only"
 
@@ -232,7 +233,7 @@ def run_diagnose(*, checkpoint: str | None = None, model: str | None = None, wei
 
 def guidance_config(subject: Subject, *, output_dir: Path, train_split: str, val_split: str, supervision: str,
                     supervised_count: int, swap_mask: str, epochs: int, lr: float, seed: int, threads: int | None,
-                    device: str, progress: bool, guidance: str = GUIDANCE_MODES) -> TrainConfig:
+                    device: str, progress: bool, guidance: str = GUIDANCE_MODES, **_: Any) -> TrainConfig:
     """The ``gainet train`` run that fine-tunes ``subject`` with counterfactual guidance: method
     ``cam`` plus ``guidance`` on ``supervised_count`` annotated images (a quarter of every batch),
     initialised from the subject's own weights (``init_weights``), no warm-up."""
@@ -258,8 +259,8 @@ def run_fix(*, way: str = DEFAULT_WAY, checkpoint: str | None = None, model: str
     from gainet.bias_study import parse_supervision
     from gainet.training.data import choose_supervised
 
-    if way not in ("dfr", "guidance"):
-        raise ValueError(f"--way must be dfr or guidance, got {way!r}")
+    if way not in WAYS:
+        raise ValueError(f"--way must be one of {', '.join(WAYS)}, got {way!r}")
     if supervision not in ("boxes", "masks"):
         raise ValueError(f"--supervision must be boxes or masks, got {supervision!r}")
     output = Path(output_dir)
@@ -290,34 +291,116 @@ def run_fix(*, way: str = DEFAULT_WAY, checkpoint: str | None = None, model: str
                   context_split=where_contexts)
     before = diagnose_subject(subject, held_out, output / "before", title="Background test, before the fix", **judged)
     started = time.perf_counter()
-    if way == "dfr":
-        from gainet.shortcuts.fix import fix_dfr
-
-        fixed = subject.copy()
-        details = fix_dfr(fixed.gain, fixed.gain.model, annotated, multi_label=fixed.multi_label, seed=seed,
-                          contexts_per_class=contexts_per_class, batch_size=batch_size, device=fixed.device,
-                          progress=progress)
+    fixer = Fixer(subject, output=output, train_split=train_split, val_split=split, supervision=supervision,
+                  swap_mask=swap_mask, lr=lr, seed=seed, threads=threads, device=device, progress=progress,
+                  guidance=guidance, contexts_per_class=contexts_per_class, batch_size=batch_size)
+    if way == "auto":
+        fixed, details = fixer.choose(annotated, max_epochs=epochs)
     else:
-        from gainet.training.trainer import train as train_run
-
-        config = guidance_config(subject, output_dir=output / "train", train_split=train_split, val_split=split,
-                                 supervision=supervision, supervised_count=count, swap_mask=swap_mask, epochs=epochs,
-                                 lr=lr, seed=seed, threads=threads, device=device, progress=progress,
-                                 guidance=guidance)
-        train_run(config)
-        fixed = checkpoint_subject(output / "train" / "last.pt", subject.device)
-        fixed.mean, fixed.std = subject.mean, subject.std
-        details = {"epochs": epochs, "lr": lr, "guidance": guidance, "train_output": str(output / "train")}
+        fixed, details = fixer.run(way, annotated, epochs=epochs)
     seconds = time.perf_counter() - started
     fixed.source = str(output / "fixed.pt")
     after = diagnose_subject(fixed, held_out, output / "after", title="Background test, after the fix", **judged)
-    record = {"way": way, "model": subject.source, "train_split": train_split, "split": split,
-              "supervision": supervision, "supervised_count": count, "swap_mask": swap_mask, "fix_seconds": seconds,
+    record = {"way": way, "chosen_way": details.get("way", way), "model": subject.source, "train_split": train_split,
+              "split": split, "supervision": supervision, "supervised_count": count, "swap_mask": swap_mask,
+              "annotated_ids": sorted(image_ids(train, annotated.index.tolist())), "fix_seconds": seconds,
               "details": details, "before": _headline(before), "after": _headline(after)}
     save_atomic(fixed.checkpoint_state({"fix": record}), output / "fixed.pt")
     write_text_atomic(output / "fix.json", json.dumps(record, indent=2, default=str))
     write_text_atomic(output / "fix.md", fix_markdown(record))
     return record
+
+
+class Fixer:
+    """The ways of ``gainet fix`` on one subject, each returning ``(fixed subject, details)``.
+
+    - ``dfr``: DFR as its paper runs it (:func:`gainet.shortcuts.fix.fix_dfr`), the backbone frozen;
+    - ``dfr-l2``: the earlier last-layer refit (L2, not group-balanced; :func:`~gainet.shortcuts.fix.fix_dfr_plain`);
+    - ``guidance``: fine-tuning with ``gainet train``'s counterfactual guidance from the subject's weights;
+    - ``guidance-dfr``: ``guidance``, then DFR on the fine-tuned features;
+    - ``auto`` (:meth:`choose`): a quarter of the annotated images held out, every way (and every
+      epoch of the fine-tuning) fit on the rest and scored on their counterfactuals
+      (:mod:`gainet.shortcuts.select`); the best is kept.
+    """
+
+    def __init__(self, subject: Subject, *, output: Path, train_split: str, val_split: str, supervision: str,
+                 swap_mask: str, lr: float, seed: int, threads: int | None, device: str, progress: bool,
+                 guidance: str, contexts_per_class: int, batch_size: int) -> None:
+        self.subject, self.output, self.seed, self.progress = subject, output, seed, progress
+        self.settings = dict(train_split=train_split, val_split=val_split, supervision=supervision,
+                             swap_mask=swap_mask, lr=lr, seed=seed, threads=threads, device=device,
+                             progress=progress, guidance=guidance)
+        self.contexts_per_class, self.batch_size = contexts_per_class, batch_size
+
+    def dfr(self, start: Subject, annotated: AnnotatedImages, recipe: str = "dfr") -> tuple[Subject, dict[str, Any]]:
+        from gainet.shortcuts.fix import fix_dfr, fix_dfr_plain
+
+        fixed = start.copy()
+        refit = fix_dfr if recipe == "dfr" else fix_dfr_plain
+        details = refit(fixed.gain, fixed.gain.model, annotated, multi_label=fixed.multi_label, seed=self.seed,
+                        contexts_per_class=self.contexts_per_class, batch_size=self.batch_size, device=fixed.device,
+                        progress=self.progress)
+        return fixed, details
+
+    def fine_tune(self, annotated: AnnotatedImages, epochs: int, folder: str, *, every_epoch: bool = False) -> list[Subject]:
+        """``gainet train`` with the counterfactual guidance on exactly ``annotated``'s images, from the
+        subject's weights; the subject after each epoch (``every_epoch``) or after the last."""
+        from gainet.training.trainer import train as train_run
+
+        run = self.output / folder
+        config = guidance_config(self.subject, output_dir=run, supervised_count=len(annotated), epochs=epochs,
+                                 **self.settings)
+        config = config.replace(supervised_indices=annotated.index.tolist(), keep_epoch_checkpoints=every_epoch)
+        train_run(config)
+        files = [run / f"epoch-{e}.pt" for e in range(1, epochs + 1)] if every_epoch else [run / "last.pt"]
+        subjects = []
+        for file in files:
+            fixed = checkpoint_subject(file, self.subject.device)
+            fixed.mean, fixed.std = self.subject.mean, self.subject.std
+            subjects.append(fixed)
+        return subjects
+
+    def run(self, way: str, annotated: AnnotatedImages, *, epochs: int) -> tuple[Subject, dict[str, Any]]:
+        if way in ("dfr", "dfr-l2"):
+            fixed, details = self.dfr(self.subject, annotated, "dfr" if way == "dfr" else "plain")
+            return fixed, {"way": way, **details}
+        fixed = self.fine_tune(annotated, epochs, "train")[-1]
+        details: dict[str, Any] = {"way": way, "epochs": epochs, "lr": self.settings["lr"],
+                                   "guidance": self.settings["guidance"], "train_output": str(self.output / "train")}
+        if way == "guidance-dfr":
+            fixed, refit = self.dfr(fixed, annotated)
+            details["refit"] = refit
+        return fixed, details
+
+    def choose(self, annotated: AnnotatedImages, *, max_epochs: int) -> tuple[Subject, dict[str, Any]]:
+        from gainet.shortcuts.select import MIN_HELD_OUT, SelectionSet, choose, hold_out
+
+        fit_rows, held_rows = hold_out(annotated, seed=self.seed)
+        if held_rows.numel() < MIN_HELD_OUT or fit_rows.numel() < MIN_FIX_IMAGES:
+            raise ValueError(f"--way auto holds a quarter of the annotated images out to choose the fix: "
+                             f"{len(annotated)} annotated images leave {held_rows.numel()} to choose on (needs "
+                             f"{MIN_HELD_OUT}) and {fit_rows.numel()} to fit on (needs {MIN_FIX_IMAGES}); annotate more "
+                             "images or give --way")
+        fit, held = annotated.subset(fit_rows), annotated.subset(held_rows)
+        selection = SelectionSet.build(held, fit, multi_label=self.subject.multi_label, seed=self.seed)
+
+        def scored(name: str, subject: Subject, **extra: Any) -> dict[str, Any]:
+            scores = selection.score(subject.gain, multi_label=subject.multi_label, batch_size=self.batch_size,
+                                     device=subject.device)
+            return {"name": name, "scores": scores, "subject": subject, **extra}
+
+        baseline = scored("none (the model as it is)", self.subject)
+        candidates = [scored("dfr", *self.dfr(self.subject, fit)[:1], way="dfr")]
+        for epoch, tuned in enumerate(self.fine_tune(fit, max_epochs, "train", every_epoch=True), start=1):
+            candidates.append(scored(f"guidance, {epoch} epochs", tuned, way="guidance", epochs=epoch))
+            candidates.append(scored(f"guidance, {epoch} epochs, then dfr", self.dfr(tuned, fit)[0],
+                                     way="guidance-dfr", epochs=epoch))
+        best = choose(candidates)
+        table = [{"name": c["name"], **c["scores"]} for c in [baseline, *candidates]]
+        details = {"way": best["way"], "chosen": best["name"], "epochs": best.get("epochs"), "fit_images": len(fit),
+                   "held_out_images": len(held), "selection_images": int(selection.images.shape[0]),
+                   "candidates": table, "train_output": str(self.output / "train")}
+        return best["subject"], details
 
 
 def _headline(result: dict[str, Any]) -> dict[str, Any]:
@@ -340,6 +423,17 @@ def fix_markdown(record: dict[str, Any]) -> str:
     lines += [f"| {label} | {_with_interval(before, key)} | {_with_interval(after, key)} |" for key, label in rows
               if key in before and key in after]
     lines += ["", f"Before: {before['verdict']}", "", f"After: {after['verdict']}", ""]
+    candidates = (record.get("details") or {}).get("candidates")
+    if candidates:
+        details = record["details"]
+        lines += [f"## How the fix was chosen: {details['chosen']}", "",
+                  f"{details['held_out_images']} of the annotated images held out; each candidate fit on the other "
+                  f"{details['fit_images']} and scored on {details['selection_images']} counterfactuals of the held-out "
+                  "ones (each object on contexts of every class, each context alone).", "",
+                  "| candidate | worst group | mean group | context alone named |", "|---|---:|---:|---:|"]
+        lines += [f"| {c['name']} | {markdown_number(c['worst_group'])} | {markdown_number(c['mean_group'])} | "
+                  f"{markdown_number(c['context_rate'])} |" for c in candidates]
+        lines.append("")
     return "\n".join(lines)
 
 

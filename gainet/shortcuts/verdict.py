@@ -2,9 +2,11 @@
 
 The rule reads the numbers of :func:`gainet.shortcuts.diagnose.measure` in this order:
 
-1. **No verdict** when the test cannot tell: too few objects for both mixed splits; the model's
-   original answers are at chance on this split (the 95% interval of its score reaches down to
-   the chance score of its own answers: a constant model, or a split it does not recognise); or the
+1. **No verdict** when the test cannot tell: too few objects for both mixed splits; the model is
+   at chance on the originals, the objects alone *and* the objects on their own class's context
+   (each 95% interval reaches down to the chance score of those answers: a constant model, or images
+   it does not recognise at all; a model at chance on a clean split's originals only because it reads
+   the now random context still scores on mixed-same and gets its verdict); or the
    contexts carry no class for any reader (the model-free probe of
    :func:`gainet.shortcuts.evidence.context_probe` is at chance: e.g. the contexts of a clean
    test split with random backgrounds), so no context can pull an answer either way.
@@ -38,12 +40,15 @@ def decide(result: dict[str, Any]) -> tuple[str, str]:
     low, high = intervals.get("gap", (gap, gap))
     if not _finite(gap, low, high):
         return "no_verdict", "no verdict: too few images of distinct classes to build both mixed splits"
-    original, chance = result["original"], result.get("chance", math.nan)
-    original_low = intervals.get("original", (original, original))[0]
-    if _finite(chance, original_low) and original_low <= chance:
+    chances = result.get("chances") or {"original": result.get("chance", math.nan)}
+    above = [name for name, chance in chances.items()
+             if not _finite(chance, intervals.get(name, (result.get(name),))[0])
+             or intervals.get(name, (result.get(name),))[0] > chance]
+    if not above:
+        original, chance = result["original"], chances["original"]
         return "no_verdict", (f"no verdict: the model is at chance on this split ({metric} {original:.2f}, chance "
-                              f"{chance:.2f} for its answers): it does not recognise these images, so the test "
-                              "cannot tell what it reads")
+                              f"{chance:.2f} for its answers), also with each object on a context of its own class: "
+                              "it recognises neither, so the test cannot tell what it reads")
     probe = (result.get("contexts") or {}).get("probe") or {}
     if _finite(probe.get("low"), probe.get("chance")) and probe["low"] <= probe["chance"]:
         where = result["contexts"].get("split", "?")

@@ -59,6 +59,9 @@ class TrainConfig(DictConfig):
     supervision: str = config_field("masks", "gain-ext: what H^c is made of, pixel masks or boxes", choices=("masks", "boxes"))
     supervised_fraction: float = config_field(0.05, "gain-ext: share of training images whose masks/boxes L_e may see")
     supervised_count: int | None = config_field(None, "gain-ext: number of supervised images (overrides the fraction)")
+    supervised_indices: list[int] | None = config_field(None, "positions in the training split of the supervised "
+                                                        "images (overrides the fraction and the count; gainet fix "
+                                                        "holds some annotated images out to choose its settings)")
     guidance: str = config_field("", "what the supervised images' masks/boxes train, comma-separated (docs/bias_study.md): "
                             "l_e (GAIN_ext's L_e), context-swap (object pasted on another image's context), "
                             "context-only (object removed, target: no class), actdiff (activation invariance to "
@@ -197,8 +200,9 @@ class TrainConfig(DictConfig):
 
     def to_dict(self) -> dict[str, Any]:
         values = super().to_dict()
-        if values.get("init_weights") is None:  # configs recorded before the option existed stay equal
-            del values["init_weights"]          # (bias-study caches, resume checks)
+        for name in ("init_weights", "supervised_indices"):
+            if values.get(name) is None:  # configs recorded before the option existed stay equal
+                del values[name]          # (bias-study caches, resume checks)
         return values
 
     @property

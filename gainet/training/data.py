@@ -96,7 +96,13 @@ def build_datasets(config: TrainConfig, context: DistributedContext | None = Non
     if config.num_workers > 0 and callable(prerender):
         prerender()  # generated worlds: forked workers then share one in-memory cache
     supervised: list[int] = []
-    if config.uses_supervision:
+    if config.uses_supervision and config.supervised_indices is not None:
+        supervised = sorted({int(i) for i in config.supervised_indices})
+        outside = [i for i in supervised if not 0 <= i < len(train)]
+        if outside:
+            raise ValueError(f"supervised_indices: position {outside[0]} is outside split {config.train_split!r} "
+                             f"({len(train)} images)")
+    elif config.uses_supervision:
         supervised = choose_supervised(
             train, config.supervision, config.supervised_fraction, config.supervised_count, config.seed
         )
