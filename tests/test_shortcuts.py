@@ -361,6 +361,8 @@ def test_diagnose_and_fix_commands_write_their_files_and_keep_them(reader_checkp
                      "--output-dir", str(fixed)]) == 0
         record = json.loads((fixed / "fix.json").read_text())
         assert record["way"] == way and record["supervised_count"] == 13 and record["fix_seconds"] > 0
+        # the annotated images come from the training split, never from the held-out one under test
+        assert len(record["annotated_ids"]) == 13 and all(i.startswith("bias-train-") for i in record["annotated_ids"])
         assert record["before"]["gap"] == pytest.approx(result["gap"])  # the same held-out test before
         assert (fixed / "after" / "diagnosis.json").is_file()
         metrics = evaluate_checkpoint(fixed / "fixed.pt", splits=["test_decorrelated"], output_dir=tmp_path / "ev")
@@ -429,6 +431,14 @@ def test_a_torchvision_model_trained_elsewhere_is_diagnosed_and_fixed(tmp_path: 
     trained = torch.load(tmp_path / "guided" / "train" / "last.pt", weights_only=True)
     assert trained["config"]["model"] == "mobilenet_v3_small"
     assert trained["config"]["init_weights"] == str(weights.resolve())  # it starts from the user's weights
+    # ... and really loads them: at a learning rate too small to move anything, the fine-tuned
+    # weights are the user's (a fresh initialisation would differ everywhere)
+    still = run_fix(way="guidance", supervised_count="25%", epochs=1, lr=1e-12, output_dir=tmp_path / "still", **common)
+    assert still["way"] == "guidance"
+    kept = torch.load(tmp_path / "still" / "fixed.pt", weights_only=True)["model"]
+    kept = {k.removeprefix("backbone.model."): v for k, v in kept.items() if k.startswith("backbone.model.")}
+    for name, parameter in network.named_parameters():
+        torch.testing.assert_close(kept[name], parameter.detach(), atol=1e-6, rtol=0, msg=name)
 
 
 def test_fix_without_way_takes_the_measured_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -574,3 +584,38 @@ def test_api_diagnoses_and_fixes_a_model_in_memory(tmp_path: Path) -> None:
         fix_model(reader, seen, way="finetune")
     with pytest.raises(ValueError, match="exactly one of masks= or boxes="):
         annotated_images(test_images, test_labels)
+
+
+# ---------------------------------------------------------------------- review items (issue 29)
+def test_a_model_on_voc_is_scored_multi_label_as_its_fix_trains_it(voc_tree, tmp_path: Path) -> None:
+    """``--model`` on a VOC dataset was silently single-label while ``fix --way guidance`` trained
+    multi-label: the dataset decides (img_b shows a cat and a dog)."""
+    from gainet.models import build_classifier
+    from gainet.shortcuts.jobs import load_subject
+
+    root, _ = voc_tree
+    weights = tmp_path / "voc-small.pt"
+    torch.save(build_classifier("small-cnn", 20, width=4).state_dict(), weights)
+    subject = load_subject(checkpoint=None, model="small-cnn", weights=str(weights), multi_label=False, dataset="voc",
+                           data_root=str(root), dataset_options=None, image_size=32, device=torch.device("cpu"))
+    assert subject.multi_label and len(subject.classes) == 20 and subject.classes[14] == "person"
+
+
+def test_a_held_out_split_that_shares_images_with_training_is_refused(folder_tree, tmp_path: Path) -> None:
+    """The guard compared split names only: ``--split all`` (or overlapping split files) leaked
+    training images into the test. It compares image ids now."""
+    from gainet.data import build_dataset
+    from gainet.models import build_classifier
+    from gainet.shortcuts.jobs import refuse_shared_images, run_fix
+
+    root, _ = folder_tree
+    train = build_dataset("folder", "train", root=str(root), image_size=32, train_transforms=False)
+    refuse_shared_images(train, "train", build_dataset("folder", "val", root=str(root), image_size=32), "val")
+    with pytest.raises(ValueError, match=r"--split 'all' shares 2 images with the training split 'train'") as error:
+        refuse_shared_images(train, "train", build_dataset("folder", "all", root=str(root), image_size=32), "all")
+    assert "\n" not in str(error.value)
+    weights = tmp_path / "mine.pt"
+    torch.save(build_classifier("small-cnn", 3, width=4).state_dict(), weights)
+    with pytest.raises(ValueError, match="shares 2 images"):
+        run_fix(way="dfr", model="small-cnn", weights=str(weights), dataset="folder", data_root=str(root),
+                image_size=32, train_split="train", split="all", output_dir=tmp_path / "fix", progress=False)
