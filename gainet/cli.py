@@ -609,8 +609,10 @@ def add_shortcut_commands(commands: Any) -> None:
     _model_source_options(fix)
     # default None: gainet.shortcuts.jobs.DEFAULT_WAY decides (chosen from measurements, docs/shortcuts.md)
     fix.add_argument("--way", default=None, choices=("auto", "guidance", "dfr", "guidance-dfr", "dfr-l2"),
-                     help="how to fix (default guidance: on the pretrained bias world it fixed more than dfr "
-                          "with boxes on 2%%, at about 20x dfr's seconds; docs/shortcuts.md)")
+                     help="how to fix: guidance (fine-tuning with counterfactual guidance), dfr (last layer, "
+                          "group-balanced, l1), guidance-dfr (both), dfr-l2 (the earlier last-layer refit), auto "
+                          "(a quarter of the annotated images held out to choose among them and the epochs); "
+                          "default: gainet.shortcuts.jobs.DEFAULT_WAY, chosen from docs/shortcuts.md's measurements")
     fix.add_argument("--train-split", default=None, help="split the annotated images come from (default: the "
                                                          "checkpoint's training split, else train)")
     fix.add_argument("--supervision", default="boxes", choices=("boxes", "masks"),
@@ -618,7 +620,8 @@ def add_shortcut_commands(commands: Any) -> None:
     fix.add_argument("--supervised-count", default="5%",
                      help="annotated training images: a count (100) or a share (5%%) of the training split, as in "
                           "`gainet train` (default 5%%)")
-    fix.add_argument("--epochs", type=int, default=2, help="--way guidance: fine-tuning epochs (default 2)")
+    fix.add_argument("--epochs", type=int, default=2,
+                     help="fine-tuning epochs of guidance / guidance-dfr; auto: the most it tries (default 2)")
     fix.add_argument("--lr", type=float, default=1e-3, help="--way guidance: learning rate (default 1e-3)")
     fix.add_argument("--guidance", default="context-swap,context-only",
                      help="--way guidance: modes as in `gainet train --guidance` (default context-swap,context-only)")

@@ -1,20 +1,22 @@
 """``gainet fix``: make a classifier that reads the background read the object, from a few boxes.
 
-Two ways:
+The refits of the last layer live here; the ways that train (and ``auto``, which chooses) are in
+:class:`gainet.shortcuts.jobs.Fixer`.
 
-- ``dfr`` (Deep Feature Reweighting, Kirichenko et al., ICLR 2023): the backbone stays frozen; its
-  penultimate features (the input of the last ``nn.Linear``) are computed once, with
-  ``torch.no_grad``, on counterfactual images built from the annotated images -- each annotated
-  object on a context of every class (:func:`counterfactual_training_set`), plus every context
-  alone with the target "none of the classes" (uniform soft target for single-label, all-zero for
-  multi-label) -- and the last layer is refit on them: L2-regularised multinomial (or per-class
-  binary) logistic regression in plain torch (:func:`fit_linear_head`, full-batch L-BFGS on
-  standardised features). The regulariser is chosen on held-out annotated images
-  (:func:`choose_l2`): fit on the counterfactuals of one half of the objects, score the other
-  half's objects on other classes' contexts, keep the best.
-- ``guidance``: fine-tuning with the counterfactual guidance of ``gainet train`` (context-swap and
-  context-only), from the model's own weights (``TrainConfig.init_weights``); see
-  :func:`guidance_config`.
+- ``dfr`` (Deep Feature Reweighting, Kirichenko et al., ICLR 2023, as its paper runs it;
+  :func:`fix_dfr`): the backbone stays frozen; its penultimate features (the input of the last
+  ``nn.Linear``) are computed once, with ``torch.no_grad``, on counterfactual images built from the
+  annotated images -- each annotated object on a context of every class
+  (:func:`counterfactual_training_set`), the originals, and every context alone with the target
+  "none of the classes" (uniform soft target for single-label, all-zero for multi-label). The rows
+  fall into groups (object class x context class, and the contexts alone); the last layer is refit
+  on a *group-balanced* subsample (every group cut to the smallest one's size) by l1-penalised
+  logistic regression on standardised features (:func:`fit_sparse_head`, FISTA), 10 times on
+  different subsamples, the heads averaged (:func:`fit_balanced_head`). The penalty is chosen by
+  worst-group accuracy on held-out annotated objects (:func:`choose_l1`).
+- ``dfr-l2`` (:func:`fix_dfr_plain`): the earlier refit, kept to compare: every row once (the
+  aligned rows twice as many as any misaligned group), L2 penalty (:func:`fit_linear_head`,
+  L-BFGS), chosen by the accuracy of held-out objects on other classes' contexts (:func:`choose_l2`).
 """
 
 from __future__ import annotations
