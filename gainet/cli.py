@@ -709,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "(without it they are refused before anything is written)")
     explain.add_argument("--device", default="auto", help="auto, cpu or cuda")
     explain.add_argument("--faithfulness", action="store_true",
-                         help="also deletion/insertion AUC and ROAD of each map (~120 forward passes per map), "
+                         help="also deletion/insertion AUC and ROAD of each map (~60 forward passes per map), "
                               "written to checks.json (docs/faithfulness.md)")
     explain.add_argument("--randomisation", action="store_true",
                          help="also the cascading randomisation sanity check of the maps (one Grad-CAM pass per "
