@@ -40,7 +40,7 @@ if [ "$GPUS" -ge 2 ]; then
     step "2. gainet train, 2 GPUs, NCCL, cam + rrr,l_e at features.11, 1 supervised image" \
         timeout 600 $PYTHON -m torch.distributed.run --standalone --nproc_per_node 2 -m gainet.cli train \
         "${TINY[@]}" --device auto --method cam --guidance rrr,l_e --supervised-count 1 --output-dir "$RUNS/ddp-rrr"
-    step "2b. gainet train, 2 GPUs, NCCL, gain (multi-label) at features.11 (issue 30's vmap failure)" \
+    step "2b. gainet train, 2 GPUs, NCCL, gain-ext (multi-label, mining + L_e) at features.11 (issue 30's vmap failure)" \
         timeout 600 $PYTHON -m torch.distributed.run --standalone --nproc_per_node 2 -m gainet.cli train \
         "${TINY[@]}" --device auto --method gain-ext --supervised-count 1 --output-dir "$RUNS/ddp-gain"
 else

@@ -82,23 +82,39 @@ def test_gain_never_vmaps_over_a_synchronising_module(monkeypatch) -> None:
     assert seen == [True]
 
 
-def test_gain_runs_the_gradcam_backward_when_no_image_is_supervised() -> None:
-    """Masks given: the maps and L_e's backward run whatever ``supervised`` holds (L_e = 0 in the
-    graph when nothing is supervised), so a DDP rank without a supervised image makes the same
-    collectives as one with."""
-    gain = GAIN(_model(), LAYER, probe_size=32, alpha=0.0).train()  # cam: no mining, only L_e
+def _backward_calls(gain: GAIN, supervised: torch.Tensor) -> tuple[int, object]:
     masks = torch.rand(3, 4, 32, 32, generator=torch.Generator().manual_seed(2))
+    calls: list[int] = []
+    handle = gain.backbone.model.features[12].register_full_backward_hook(lambda *a: calls.append(1))
+    output = gain(_images(), LABELS, masks, supervised)
+    output.loss.backward()
+    handle.remove()
+    return len(calls), output
+
+
+def test_gain_runs_the_gradcam_backward_when_no_image_is_supervised() -> None:
+    """Masks given and a synchronising BatchNorm in the model: the maps and L_e's backward run
+    whatever ``supervised`` holds (L_e = 0 in the graph when nothing is supervised), so a DDP rank
+    without a supervised image makes the same collectives as one with."""
+    gain = GAIN(_model(), LAYER, probe_size=32, alpha=0.0).train()  # cam: no mining, only L_e
+    gain.backbone.model.features[13].synchronises_ranks = True  # as DistributedBatchNorm marks itself
     counts = []
     for supervised in (torch.tensor([False, True, False]), torch.zeros(3, dtype=torch.bool)):
-        calls: list[int] = []
-        handle = gain.backbone.model.features[12].register_full_backward_hook(lambda *a: calls.append(1))
-        output = gain(_images(), LABELS, masks, supervised)
-        output.loss.backward()
-        handle.remove()
+        count, output = _backward_calls(gain, supervised)
         assert output.attention is not None and output.loss_e.requires_grad
-        counts.append(len(calls))
-    assert counts[0] == counts[1] == 2  # the (one vmapped) Grad-CAM backward + the loss's backward
+        counts.append(count)
+    assert counts[0] == counts[1] == 4  # one plain Grad-CAM backward per label slot (3) + the loss's
     assert output.loss_e.item() == 0.0 and torch.equal(output.loss, output.loss_cl + 10.0 * output.loss_e)
+
+
+def test_one_process_skips_the_gradcam_backward_with_nothing_to_supervise() -> None:
+    """Without a synchronising module nothing in these passes is collective, so a step whose
+    images carry no supervision skips the maps and their backward (25-30% of a small-cnn step)."""
+    gain = GAIN(_model(), LAYER, probe_size=32, alpha=0.0).train()
+    count, output = _backward_calls(gain, torch.zeros(3, dtype=torch.bool))
+    assert count == 1 and output.attention is None and output.loss_e.item() == 0.0
+    count, output = _backward_calls(gain, torch.tensor([False, True, False]))
+    assert count == 2 and output.attention is not None  # the vmapped Grad-CAM backward + the loss's
 
 
 def test_synchronising_modules_are_train_mode_synchronised_batchnorms() -> None:
@@ -113,16 +129,19 @@ def test_second_order_losses_get_the_distributed_batchnorm_on_gpus_too(monkeypat
     """torch's SyncBatchNorm has no derivative of its backward, which rrr and weights_grad need."""
     import torch.distributed as dist
 
-    backends = []
-    monkeypatch.setattr(dist, "new_group", lambda backend=None: backends.append(backend))
+    backends, timeouts = [], []
+    monkeypatch.setattr(dist, "new_group", lambda backend=None, timeout=None: (backends.append(backend),
+                                                                               timeouts.append(timeout))[0])
     context = DistributedContext(rank=0, local_rank=0, world_size=2)
     first_order = context.sync_batchnorm(_model(), torch.device("cuda"))
     second_order = context.sync_batchnorm(_model(), torch.device("cuda"), second_order=True)
-    cpu = context.sync_batchnorm(_model(), torch.device("cpu"))
+    cpu = context.sync_batchnorm(_model(), torch.device("cpu"), timeout=42.0)
     assert isinstance(first_order.features[1], nn.SyncBatchNorm)
     assert isinstance(second_order.features[1], DistributedBatchNorm)
     assert isinstance(cpu.features[1], DistributedBatchNorm)
     assert backends == ["nccl", "gloo"]
+    # the group of its own waits --dist-timeout, not new_group's own default (30 min for gloo)
+    assert [t.total_seconds() for t in timeouts] == [600.0, 42.0]
 
 
 @pytest.mark.parametrize("adversarial", [False, True])
@@ -132,6 +151,7 @@ def test_a_batch_without_labels_still_runs_mining_with_finite_zero_terms(adversa
     from gainet.core import AdversarialGAIN
 
     model = _model()
+    model.features[13].synchronises_ranks = True  # a DDP rank: the passes follow the configuration
     gain = (AdversarialGAIN(model, LAYER, probe_size=32, area_weight=0.3) if adversarial
             else GAIN(model, LAYER, probe_size=32)).train()
     output = gain(_images(), torch.zeros(3, 4), torch.ones(3, 4, 32, 32), torch.ones(3, dtype=torch.bool))

@@ -10,7 +10,7 @@ data in rotation (in the multi-label rows rank 0's images carry 2 labels where r
 and 3 combinations where rank 0's images carry no label at all.
 Each combination is a real Trainer doing one DDP step on a hand-picked batch per rank; it passes
 when both ranks finish, the loss is finite, the step moved the weights and the two ranks' weights
-and buffers are bit-identical. The full matrix (396 combinations) is the benchmark script itself
+and buffers are bit-identical. The full matrix (466 combinations) is the benchmark script itself
 (docs/distributed.md). About 35 s on 2 shared cores.
 
 Before the fix the two reproductions failed as in the issue (each run alone with ``--only``): the

@@ -306,6 +306,13 @@ class GAIN(nn.Module):
                 torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
                 if supervised is None else supervised.to(device=images.device, dtype=torch.bool)
             )
+        if not synchronising_modules(self.backbone.model):
+            # Nothing in these passes makes a collective (one process, or no synchronised
+            # BatchNorm): the data may skip them, which saves the Grad-CAM backward on the steps
+            # with nothing to supervise and an erased forward over zero rows (a head that reshapes
+            # with view(B, -1) cannot take those).
+            use_masks = use_masks and bool(supervised.any())
+            use_mining = use_mining and pairs.shape[0] > 0
         if not (use_mining or use_masks):
             return GAINOutput(loss_cl, loss_cl, zero, zero, scores, pairs, all_scores=all_scores, features=features)
 

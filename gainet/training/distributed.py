@@ -79,7 +79,8 @@ class DistributedContext:
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return [self.world_size * n / t if t > 0 else 1.0 for n, t in zip(local.tolist(), total.tolist())]
 
-    def sync_batchnorm(self, module: nn.Module, device: torch.device, *, second_order: bool = False) -> nn.Module:
+    def sync_batchnorm(self, module: nn.Module, device: torch.device, *, second_order: bool = False,
+                       timeout: float = DEFAULT_TIMEOUT_SECONDS) -> nn.Module:
         """Replace every BatchNorm layer of ``module`` (in place) by one that normalises training
         batches with the statistics of the global batch: :class:`torch.nn.SyncBatchNorm` on GPUs,
         :class:`DistributedBatchNorm` elsewhere (torch's SyncBatchNorm refuses CPU tensors).
@@ -95,7 +96,10 @@ class DistributedContext:
         if device.type == "cuda" and not second_order:
             return convert_batchnorm(module, nn.SyncBatchNorm)
         # A group of its own keeps these collectives apart from DDP's gradient buckets.
-        group = dist.new_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # ``timeout``: the job's --dist-timeout; without it new_group takes torch's own default
+        # (30 min for gloo), and a collective mismatch inside BatchNorm would hang that long.
+        group = dist.new_group(backend="nccl" if device.type == "cuda" else "gloo",
+                               timeout=datetime.timedelta(seconds=timeout))
         return convert_batchnorm(module, DistributedBatchNorm, process_group=group)
 
     def shutdown(self) -> None:

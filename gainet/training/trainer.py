@@ -190,7 +190,8 @@ class Trainer:
         # loss through BatchNorm's backward (rrr, weights_grad) needs one whose backward has a
         # derivative (torch's SyncBatchNorm has none).
         self.gain = self.context.sync_batchnorm(self.gain, self.device,
-                                                second_order=self.input_gradient or config.weights_grad)
+                                                second_order=self.input_gradient or config.weights_grad,
+                                                timeout=config.dist_timeout)
         self.module: nn.Module = (
             DistributedDataParallel(self.gain, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.context.enabled else self.gain
