@@ -193,7 +193,7 @@ def test_demo_writes_report_with_every_method(tmp_path: Path) -> None:
 def test_demo_shortcut_part_diagnoses_fixes_and_reports_beside_the_reference(tmp_path: Path, capsys) -> None:
     from gainet.demo import run_demo
 
-    quick = {"model": "small-cnn", "pretrained": None, "model_width": 8, "image_size": 32, "train_images": 160,
+    quick = {"model": "small-cnn", "pretrained": None, "model_width": 8, "image_size": 32, "train_images": 320,
              "epochs": 1, "lr": 3e-3}
     result = run_demo(tmp_path / "demo", threads=1, progress=False, parts=["shortcut"], shortcut_overrides=quick,
                       shortcut_test_images=40)
