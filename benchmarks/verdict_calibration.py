@@ -112,10 +112,12 @@ def diagnose(args: argparse.Namespace) -> None:
 
 
 def table(args: argparse.Namespace) -> None:
-    """Every plain model's numbers, one row per (world, seed, kind, split), and the verdicts."""
-    print("| world | seed | model | split | original [95%] | chance | paste cost | gap [95%] | context rate (chance) "
-          "| probe (chance) | verdict |")
-    print("|---|---:|---|---|---|---:|---:|---|---|---|---|")
+    """Every plain model's numbers, one row per (world, seed, kind, split), and the verdicts; then the
+    verdicts counted per (world, kind, split)."""
+    print("| world | seed | model | split | original [95%] | chance | mixed-same | gap [95%] | context rate (chance) "
+          "| verdict |")
+    print("|---|---:|---|---|---|---:|---:|---|---|---|")
+    counts: dict[tuple[str, str, str], list[str]] = {}
     for world, seed, kind, _ in _subjects(args):
         for split in SPLITS:
             path = args.out / world / f"seed{seed}" / kind / f"diagnose-{split}{args.tag}" / "result.json"
@@ -123,11 +125,17 @@ def table(args: argparse.Namespace) -> None:
                 continue
             r = json.loads(path.read_text())
             i = r["intervals"]
-            probe = r["contexts"]["probe"]
+            counts.setdefault((world, kind, split), []).append(r["verdict_code"])
             print(f"| {world} | {seed} | {kind} | {split} | {r['original']:.3f} [{i['original'][0]:.3f}, "
-                  f"{i['original'][1]:.3f}] | {r['chance']:.3f} | {r['paste_cost']:.3f} | {r['gap']:.3f} "
+                  f"{i['original'][1]:.3f}] | {r['chance']:.3f} | {r['mixed_same']:.3f} | {r['gap']:.3f} "
                   f"[{i['gap'][0]:.3f}, {i['gap'][1]:.3f}] | {r['context_rate']:.3f} ({r['context_chance']:.3f}) | "
-                  f"{probe['score']:.3f} ({probe['chance']:.3f}) | {r['verdict_code']} |")
+                  f"{r['verdict_code']} |")
+    print()
+    print("| world | model | split | verdicts (seeds) |")
+    print("|---|---|---|---|")
+    for (world, kind, split), codes in counts.items():
+        summary = ", ".join(f"{code} x{codes.count(code)}" for code in dict.fromkeys(codes))
+        print(f"| {world} | {kind} | {split} | {summary} |")
 
 
 def main() -> None:
