@@ -253,6 +253,8 @@ def test_verdict_rule_reads_the_intervals() -> None:
     assert code(0.5, GAP_READS + 0.01, 0.6) == "reads_context"
     assert code(0.05, -0.01, GAP_READS - 0.01) == "object_decides"
     assert code(GAP_READS, GAP_READS - 0.05, GAP_READS + 0.05) == "uncertain"  # straddles: more images needed
+    assert code(-0.3, -0.4, -GAP_READS - 0.01) == "reads_context"  # steered away from the context's class
+    assert code(-0.15, -0.2, -0.1) == "uncertain"
     assert code(math.nan, math.nan, math.nan) == "no_verdict"
     # at chance on the split: a constant model, or one that does not recognise these images
     at_chance = {"original": [0.2, 0.4], "mixed_same": [0.2, 0.35]}

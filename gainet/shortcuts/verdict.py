@@ -10,9 +10,11 @@ The rule reads the numbers of :func:`gainet.shortcuts.diagnose.measure` in this 
    contexts carry no class for any reader (the model-free probe of
    :func:`gainet.shortcuts.evidence.context_probe` is at chance: e.g. the contexts of a clean
    test split with random backgrounds), so no context can pull an answer either way.
-2. **Reads the context** when the gap's interval lies at or above :data:`GAP_READS`.
-3. **The object decides** when the gap's interval lies below :data:`GAP_READS`.
-4. Otherwise **uncertain**: the interval straddles the threshold; more annotated images narrow it.
+2. **Reads the context** when the gap's interval lies at or above :data:`GAP_READS` (or at or below
+   ``-GAP_READS``: a model that answers *against* the context's class is steered by it too).
+3. **The object decides** when the gap's interval lies strictly between ``-GAP_READS`` and
+   :data:`GAP_READS`.
+4. Otherwise **uncertain**: the interval straddles a threshold; more annotated images narrow it.
 
 :data:`GAP_READS` was set from the plain models of ``benchmarks/verdict_calibration.py`` before any
 fixed model was diagnosed (docs/shortcuts.md, "How the verdict is decided"): every unbiased
@@ -60,10 +62,15 @@ def decide(result: dict[str, Any]) -> tuple[str, str]:
     if low >= GAP_READS:
         return "reads_context", (f"{metric} falls from {same:.2f} to {rand:.2f} when the object stands on another "
                                  f"class's context ({span}, all >= {GAP_READS:.2f}): the model reads the context")
-    if high < GAP_READS:
-        lean = " (a small lean on the context)" if low > 0 else ""
+    if high <= -GAP_READS:  # the context steers too, away from the class it goes with
+        return "reads_context", (f"{metric} rises from {same:.2f} to {rand:.2f} when the object stands on another "
+                                 f"class's context ({span}, all <= -{GAP_READS:.2f}): the model reads the context, "
+                                 "against the class it goes with")
+    if -GAP_READS < low and high < GAP_READS:
+        lean = " (a small lean on the context)" if low > 0 else (" (a small lean away from it)" if high < 0 else "")
         return "object_decides", (f"{metric} {same:.2f} on a context of the object's class and {rand:.2f} on "
                                   f"another's ({span}, all < {GAP_READS:.2f}): the object decides, not the "
                                   f"context{lean}")
+    edge = GAP_READS if high >= GAP_READS else -GAP_READS
     return "uncertain", (f"uncertain: {metric} {same:.2f} on the object's own class's context, {rand:.2f} on another's "
-                         f"({span} straddles {GAP_READS:.2f}): annotate more images to narrow it")
+                         f"({span} straddles {edge:.2f}): annotate more images to narrow it")
