@@ -114,6 +114,8 @@ def diagnose(args: argparse.Namespace) -> None:
 def table(args: argparse.Namespace) -> None:
     """Every plain model's numbers, one row per (world, seed, kind, split), and the verdicts; then the
     verdicts counted per (world, kind, split)."""
+    from gainet.shortcuts.verdict import decide
+
     print("| world | seed | model | split | original [95%] | chance | mixed-same | gap [95%] | context rate (chance) "
           "| verdict |")
     print("|---|---:|---|---|---|---:|---:|---|---|---|")
@@ -124,6 +126,7 @@ def table(args: argparse.Namespace) -> None:
             if not path.is_file():
                 continue
             r = json.loads(path.read_text())
+            r["verdict_code"] = decide(r)[0]  # the rule as shipped now, on the stored numbers
             i = r["intervals"]
             counts.setdefault((world, kind, split), []).append(r["verdict_code"])
             print(f"| {world} | {seed} | {kind} | {split} | {r['original']:.3f} [{i['original'][0]:.3f}, "
