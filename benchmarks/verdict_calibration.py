@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
-from typing import Any
 
 WORLDS = {
     "bias": {"dataset": "bias", "dataset_options": {"object_size": [0.07, 0.1], "bias_p": 0.99}},

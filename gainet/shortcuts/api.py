@@ -34,7 +34,6 @@ from torch import Tensor, nn
 from gainet.core.counterfactual import object_holes
 from gainet.shortcuts.diagnose import AnnotatedImages, CounterfactualSplits, diagnose, load_annotated, object_pixels
 
-IGNORE = 255
 
 
 def _multi_hot(labels: Tensor, num_classes: int | None) -> Tensor:
