@@ -621,3 +621,23 @@ def test_a_held_out_split_that_shares_images_with_training_is_refused(folder_tre
     with pytest.raises(ValueError, match="shares 2 images"):
         run_fix(way="dfr", model="small-cnn", weights=str(weights), dataset="folder", data_root=str(root),
                 image_size=32, train_split="train", split="all", output_dir=tmp_path / "fix", progress=False)
+
+
+def test_contexts_fall_back_to_the_split_under_test_only_when_not_asked_for(folder_tree, tmp_path: Path) -> None:
+    """A folder without the default context split: the diagnosis says where its contexts came from
+    instead of failing; a --context-split asked for by name that cannot be read is one line."""
+    from gainet.shortcuts.jobs import load_contexts
+
+    class Subject:  # what load_contexts reads of a subject
+        class config:
+            dataset, train_split, dataset_options, data_root, image_size = "folder", "nosuchsplit", {}, None, 32
+            val_split = "val"
+            train_images = val_images = None
+
+    test = load_annotated(ColourWorld(n=30), progress=False)
+    contexts, where = load_contexts(Subject(), None, test=test, test_split="val", swap_mask="mask", limit=None,
+                                    seed=0, progress=False)
+    assert contexts is None and "the split under test" in where
+    with pytest.raises(ValueError):
+        load_contexts(Subject(), "nosuchsplit", test=test, test_split="val", swap_mask="mask", limit=None, seed=0,
+                      progress=False)

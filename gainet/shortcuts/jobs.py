@@ -181,8 +181,8 @@ def load_contexts(subject: Subject, context_split: str | None, *, test: Annotate
     name = context_split or default_context_split(subject)
     if name in ("same", test_split):
         return None, f"split {test_split!r} (the split under test)"
-    dataset = _split_dataset(subject, name)
     try:
+        dataset = _split_dataset(subject, name)
         contexts = load_annotated(dataset, source=test.source, limit=limit or CONTEXT_LIMIT, seed=seed + 7,
                                   where=f"--context-split {name!r}", progress=progress)
     except ValueError as error:
