@@ -34,7 +34,6 @@ import torch
 from torch import Tensor, nn
 
 from gainet.core.counterfactual import dilate, fill_from_context, object_holes
-from gainet.evaluation.classification import ClassificationMeter
 from gainet.progress import progress_bar
 from gainet.shortcuts.evidence import (
     RESAMPLES,
@@ -249,9 +248,6 @@ class CounterfactualSplits:
     partners: dict[str, Tensor]
     counts: dict[str, int] = field(default_factory=dict)
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
     def images(self, name: str, positions: Tensor | Sequence[int] | slice | None = None) -> Tensor:
         """The images of split ``name`` at ``positions`` (default: all) ``(n, 3, H, W)``."""
         rows, partners = self.rows[name], self.partners[name]
@@ -320,27 +316,6 @@ def predict(model: Callable[[Tensor], Tensor], images: Tensor | Callable[[slice]
         batch = images[window] if isinstance(images, Tensor) else images(window)
         out.append(model(batch.to(device)).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
-
-
-def split_score(scores: Tensor, labels: Tensor, multi_label: bool) -> float:
-    """Top-1 accuracy (single-label) or mAP (multi-label) of ``scores`` ``(N, C)`` on ``labels`` ``(N, C)``."""
-    if scores.shape[0] == 0:
-        return math.nan
-    meter = ClassificationMeter(scores.shape[1], multi_label=multi_label)
-    meter.update(scores, labels)
-    metrics = meter.compute()
-    return float(metrics["mAP" if multi_label else "accuracy"])
-
-
-def context_only_answers(scores: Tensor, labels: Tensor, multi_label: bool) -> tuple[Tensor, Tensor]:
-    """Per context-only image: whether the model names the class the context came with, and its
-    confidence in it (:func:`gainet.shortcuts.evidence.context_named`).
-
-    Returns:
-        ``named`` ``(N,)`` bool and ``confidence`` ``(N,)`` float.
-    """
-    named, _, confidence = context_named(scores, labels, multi_label)
-    return named, confidence
 
 
 def _answers(splits: CounterfactualSplits, scores: dict[str, Tensor]) -> dict[str, SplitAnswers]:

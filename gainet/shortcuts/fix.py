@@ -120,6 +120,19 @@ def head_loss(logits: Tensor, targets: Tensor, multi_label: bool) -> Tensor:
     return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
+def _standardised(features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(z, mean, std)``: float64 features standardised per dimension (mean 0, std 1 over the rows)."""
+    x = features.double()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    return (x - mean) / std, mean, std
+
+
+def _raw_head(weight: Tensor, bias: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+    """A head fit on standardised features, rewritten for the raw features (float32)."""
+    raw_weight = weight.detach() / std
+    return raw_weight.float(), (bias.detach() - raw_weight @ mean).float()
+
+
 def fit_linear_head(features: Tensor, targets: Tensor, *, multi_label: bool, l2: float,
                     steps: int = 200) -> tuple[Tensor, Tensor]:
     """Minimise ``head_loss(z W^T + b) + l2 * ||W||^2`` over ``(W, b)``, ``z`` the features
@@ -134,9 +147,7 @@ def fit_linear_head(features: Tensor, targets: Tensor, *, multi_label: bool, l2:
     Returns:
         ``weight`` ``(C, D)`` and ``bias`` ``(C,)`` for the raw features.
     """
-    x = features.double()
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    z = (x - mean) / std
+    z, mean, std = _standardised(features)
     y = targets.double()
     weight = torch.zeros(y.shape[1], z.shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(y.shape[1], dtype=torch.float64, requires_grad=True)
@@ -150,10 +161,7 @@ def fit_linear_head(features: Tensor, targets: Tensor, *, multi_label: bool, l2:
         return loss
 
     optimizer.step(closure)
-    with torch.no_grad():
-        raw_weight = weight / std
-        raw_bias = bias - raw_weight @ mean
-    return raw_weight.float(), raw_bias.float()
+    return _raw_head(weight, bias, mean, std)
 
 
 def _held_out_score(weight: Tensor, bias: Tensor, features: Tensor, targets: Tensor, kind: Tensor,
@@ -222,9 +230,7 @@ def fit_sparse_head(features: Tensor, targets: Tensor, *, multi_label: bool, l1:
     Returns:
         ``weight`` ``(C, D)`` and ``bias`` ``(C,)`` for the raw features.
     """
-    x = features.double()
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    z = (x - mean) / std
+    z, mean, std = _standardised(features)
     y = targets.double()
 
     def smooth(weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -258,8 +264,7 @@ def fit_sparse_head(features: Tensor, targets: Tensor, *, multi_label: bool, l1:
         weight, bias, momentum = new_w, new_b, next_momentum
         if converged:
             break
-    raw_weight = weight / std
-    return raw_weight.float(), (bias - raw_weight @ mean).float()
+    return _raw_head(weight, bias, mean, std)
 
 
 def balanced_rows(groups: Tensor, generator: torch.Generator) -> Tensor:
