@@ -81,7 +81,7 @@ TARGET_BIASED_DROP = 0.02  # guided runs: biased accuracy within 2 points of cam
 # Guided runs: share of each batch drawn from the supervised images, fixed before any guided run
 # (8 of 32: with 100 supervised images each is seen ~5 times per epoch).
 DEFAULT_SUPERVISED_SHARE = 0.25
-GUIDANCE_SETTINGS = ("guidance_weight", "swap_mask", "swap_partners", "context_target")
+GUIDANCE_SETTINGS = ("guidance_weight", "swap_mask", "swap_partners", "context_target", "counterfactual_batchnorm")
 METRICS = ("biased_accuracy", "decorrelated_accuracy", "conflict_accuracy", "context_rate", "context_probability",
            "decorrelated_box_energy", "biased_box_energy")
 METRIC_LABELS = {

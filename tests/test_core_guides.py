@@ -163,9 +163,10 @@ def test_parse_guidance_vocabulary_and_the_transforms_each_mode_needs() -> None:
 
 
 # ---------------------------------------------------------------------- the one forward pass
-def _gain(multi_label: bool = False) -> GAIN:
+def _gain(multi_label: bool = False, counterfactual_batchnorm: str = "own") -> GAIN:
     torch.manual_seed(0)
-    return GAIN(build_classifier("small-cnn", 3, width=8), multi_label=multi_label, probe_size=32).double()
+    return GAIN(build_classifier("small-cnn", 3, width=8), multi_label=multi_label, probe_size=32,
+                counterfactual_batchnorm=counterfactual_batchnorm).double()
 
 
 def _scene(batch: int = 6):
@@ -180,13 +181,13 @@ def _scene(batch: int = 6):
     return images, labels, masks, supervised
 
 
-def test_gain_forward_runs_originals_and_counterfactual_rows_as_one_batch() -> None:
-    gain = _gain().train()
+def test_gain_forward_shared_runs_originals_and_counterfactual_rows_as_one_batch() -> None:
+    gain = _gain(counterfactual_batchnorm="shared").train()
     images, labels, masks, supervised = _scene()
     rows = CounterfactualTransforms([ContextOnly(multi_label=False), ContextSwap()])(
         images, labels, masks, supervised, generator=torch.Generator().manual_seed(0))
     assert len(rows) > 0
-    reference = _gain().train()  # same initial weights: the plain model on the concatenated batch
+    reference = _gain(counterfactual_batchnorm="shared").train()  # same weights: the plain model on images + rows
     expected = reference.model(torch.cat([images, rows.images]))
     out = gain(images, labels, masks, supervised, mine=False, counterfactuals=rows.images)
     torch.testing.assert_close(out.all_scores, expected, atol=1e-10, rtol=0)
@@ -199,6 +200,59 @@ def test_gain_forward_runs_originals_and_counterfactual_rows_as_one_batch() -> N
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
     with pytest.raises(ValueError, match="counterfactuals"):
         gain(images, labels, counterfactuals=rows.images[:, :, :16])
+
+
+def test_gain_forward_own_normalises_the_rows_as_a_batch_of_their_own() -> None:
+    """Issue 34's default: the originals see exactly a plain forward (scores and running statistics),
+    the rows are normalised with their own batch statistics and move no running statistic."""
+    import copy
+
+    gain = _gain().train()
+    images, labels, masks, supervised = _scene()
+    rows = CounterfactualTransforms([ContextOnly(multi_label=False), ContextSwap()])(
+        images, labels, masks, supervised, generator=torch.Generator().manual_seed(0))
+    assert len(rows) > 1
+    reference = _gain().model.train()
+    throwaway = copy.deepcopy(reference)  # its running buffers are discarded after the rows' pass
+    expected_rows = throwaway(rows.images)
+    expected = reference(images)  # the only pass that moves the running statistics
+    out = gain(images, labels, masks, supervised, mine=False, counterfactuals=rows.images)
+    torch.testing.assert_close(out.all_scores, torch.cat([expected, expected_rows]), atol=1e-10, rtol=0)
+    assert out.features.shape[0] == images.shape[0] + len(rows)
+    for a, b in zip(gain.model.buffers(), reference.buffers()):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    # The rows' statistics differ from the originals': normalised with the originals (shared) they score otherwise.
+    shared = _gain(counterfactual_batchnorm="shared").train()
+    assert not torch.allclose(shared(images, labels, counterfactuals=rows.images).all_scores[6:], expected_rows,
+                              atol=1e-6)
+    # The rows' gradient reaches the weights through the second call.
+    out.all_scores[6:].sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gain.model.parameters())
+    # Zero rows in one process: the plain forward alone.
+    empty = gain(images, labels, counterfactuals=rows.images[:0])
+    assert empty.all_scores.shape[0] == images.shape[0]
+    with pytest.raises(ValueError, match="counterfactual_batchnorm"):
+        GAIN(build_classifier("small-cnn", 3, width=8), counterfactual_batchnorm="joint")
+
+
+@pytest.mark.parametrize("counterfactual_batchnorm", ["own", "shared"])
+def test_gain_maps_with_rows_at_an_autograd_layer(counterfactual_batchnorm: str) -> None:
+    """Grad-CAM differentiates the images' scores by the activations of the same backbone call:
+    with the rows in a call of their own, the concatenated activations are not in that graph."""
+    torch.manual_seed(0)
+    gain = GAIN(build_classifier("small-cnn", 3, width=8), "features.11", multi_label=False, probe_size=32,
+                counterfactual_batchnorm=counterfactual_batchnorm).double().train()
+    images, labels, masks, supervised = _scene()
+    rows = CounterfactualTransforms([ContextSwap()])(images, labels, masks, supervised,
+                                                      generator=torch.Generator().manual_seed(0))
+    out = gain(images, labels, masks, supervised, counterfactuals=rows.images)
+    plain = GAIN(build_classifier("small-cnn", 3, width=8), "features.11", multi_label=False, probe_size=32).double()
+    plain.load_state_dict(gain.state_dict())
+    expected = plain.train()(images, labels, masks, supervised)
+    if counterfactual_batchnorm == "own":  # the originals' maps are those of a plain forward
+        torch.testing.assert_close(out.attention, expected.attention, atol=1e-10, rtol=0)
+    assert torch.isfinite(out.loss) and out.loss_e > 0
+    out.loss.backward()
 
 
 def _guided_loss(gain: GAIN, images, labels, masks, supervised, rows, guide) -> torch.Tensor:

@@ -31,6 +31,7 @@ from gainet.core.masking import erase, soft_mask
 
 AmGradient = Literal["all", "attention"]
 ErasedBatchNorm = Literal["batch", "running"]
+CounterfactualBatchNorm = Literal["own", "shared"]
 
 
 @dataclass
@@ -97,6 +98,11 @@ class GAIN(nn.Module):
             erased batch's own statistics without reading or updating the running buffers;
             ``"running"``: normalise with the running statistics (BatchNorm in eval mode). Either
             way the erased images never move a running statistic.
+        counterfactual_batchnorm: how the ``counterfactuals`` rows of :meth:`forward` meet
+            BatchNorm. ``"own"`` (default): a second backbone call in which the rows are normalised
+            with their own batch statistics, running buffers untouched (the originals' forward is
+            exactly a plain one). ``"shared"``: one call over images + rows, one set of statistics
+            (running ones moved by both); measured 5 points worse on decorrelated data (issue 34).
         weights_grad: let losses differentiate through the Grad-CAM weights ``w^c`` as well
             (second-order gradient). Default ``False``: ``w^c`` is a constant, as in Grad-CAM and
             METHOD.md ("computing w uses back-propagation but does NOT update weights"); ``A^c``
@@ -122,6 +128,7 @@ class GAIN(nn.Module):
         omega_e: float = 10.0,
         am_gradient: AmGradient = "all",
         erased_batchnorm: ErasedBatchNorm = "batch",
+        counterfactual_batchnorm: CounterfactualBatchNorm = "own",
         weights_grad: bool = False,
         fast_path: bool | None = None,
         probe_size: int = 224,
@@ -132,6 +139,8 @@ class GAIN(nn.Module):
             raise ValueError(f"am_gradient must be 'all' or 'attention', got {am_gradient!r}")
         if erased_batchnorm not in ("batch", "running"):
             raise ValueError(f"erased_batchnorm must be 'batch' or 'running', got {erased_batchnorm!r}")
+        if counterfactual_batchnorm not in ("own", "shared"):
+            raise ValueError(f"counterfactual_batchnorm must be 'own' or 'shared', got {counterfactual_batchnorm!r}")
         self.backbone = AttentionBackbone(model, attention_layer, probe_size=probe_size, fast_path=fast_path,
                                           log_level=log_level)
         self.multi_label = multi_label
@@ -141,6 +150,7 @@ class GAIN(nn.Module):
         self.omega_e = omega_e
         self.am_gradient: AmGradient = am_gradient
         self.erased_batchnorm: ErasedBatchNorm = erased_batchnorm
+        self.counterfactual_batchnorm: CounterfactualBatchNorm = counterfactual_batchnorm
         self.weights_grad = weights_grad
 
     @property
@@ -243,6 +253,33 @@ class GAIN(nn.Module):
                 scores, _ = self.backbone(erased)
         return class_scores(scores, class_index, self.multi_label)
 
+    def _forward_with_rows(self, images: Tensor,
+                           counterfactuals: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Logits ``(B + S, C)`` and attention-layer activations of the images then the rows, and
+        the logits and activations of the backbone call that holds the images (Grad-CAM
+        differentiates the one by the other, so they must come from the same call).
+
+        ``counterfactual_batchnorm="own"``: the rows are a batch of their own in a second backbone
+        call, normalised with their own statistics and never moving a running one (issue 34: on a
+        10-class garment world the rows normalised with the originals, ``"shared"``, cost 5 points
+        of decorrelated accuracy, docs/bias_study.md). Under a synchronising BatchNorm that call is
+        made whenever rows are passed, zero rows included, so every rank makes the same collectives.
+        """
+        if counterfactuals is not None and counterfactuals.shape[1:] != images.shape[1:]:
+            raise ValueError(f"counterfactuals {tuple(counterfactuals.shape)} must be (S, *images.shape[1:]) "
+                             f"= (S, {', '.join(map(str, images.shape[1:]))})")
+        rows = None if counterfactuals is None else counterfactuals.to(images.dtype)
+        if self.counterfactual_batchnorm == "shared" and rows is not None and rows.shape[0]:
+            scores, features = self.backbone(torch.cat([images, rows]))
+            return scores, features, scores, features
+        scores, features = self.backbone(images)
+        if rows is None or self.counterfactual_batchnorm == "shared" or (
+                rows.shape[0] == 0 and not synchronising_modules(self.backbone.model)):
+            return scores, features, scores, features  # no row, and no collective to keep in step
+        with batchnorm_with_batch_stats_only(self.backbone.model):
+            row_scores, row_features = self.backbone(rows)
+        return torch.cat([scores, row_scores]), torch.cat([features, row_features]), scores, features
+
     def forward(
         self,
         images: Tensor,
@@ -265,20 +302,15 @@ class GAIN(nn.Module):
             supervised: ``(B,)`` bool, images whose masks L_e may use; default: all when ``masks``
                 is given.
             mine: run attention mining (S_am). ``False`` during the classification-only warm-up.
-            counterfactuals: ``(S, 3, H, W)`` extra rows (:mod:`gainet.core.batch_transforms`)
-                appended to the S_cl forward: normalised in the same batch as the images (one
-                pass, one set of BatchNorm statistics), left out of L_cl, the maps, L_am and L_e;
-                their logits and activations are in ``output.all_scores`` / ``output.features``
-                for the guidance terms (:mod:`gainet.core.guidance`).
+            counterfactuals: ``(S, 3, H, W)`` extra rows (:mod:`gainet.core.batch_transforms`),
+                ``S >= 0``: run with the images (as a BatchNorm batch of their own by default,
+                ``counterfactual_batchnorm``), left out of L_cl, the maps, L_am and L_e; their
+                logits and activations are in ``output.all_scores`` / ``output.features`` for the
+                guidance terms (:mod:`gainet.core.guidance`). Under DDP pass the tensor whenever
+                guidance is configured, even with zero rows on this rank.
         """
         batch = images.shape[0]
-        if counterfactuals is not None and counterfactuals.shape[0] > 0:
-            if counterfactuals.shape[1:] != images.shape[1:]:
-                raise ValueError(f"counterfactuals {tuple(counterfactuals.shape)} must be (S, *images.shape[1:]) "
-                                 f"= (S, {', '.join(map(str, images.shape[1:]))})")
-            all_scores, features = self.backbone(torch.cat([images, counterfactuals.to(images.dtype)]))
-        else:
-            all_scores, features = self.backbone(images)
+        all_scores, features, call_scores, call_features = self._forward_with_rows(images, counterfactuals)
         scores = all_scores[:batch]
         if labels is None:
             return scores
@@ -316,8 +348,9 @@ class GAIN(nn.Module):
         if not (use_mining or use_masks):
             return GAINOutput(loss_cl, loss_cl, zero, zero, scores, pairs, all_scores=all_scores, features=features)
 
-        # Grad-CAM from the whole forward's scores and activations: pairs only name original rows.
-        attention = self.pair_attention(all_scores, features, pairs, tuple(images.shape[-2:]))
+        # Grad-CAM from the scores and activations of the call that holds the images (with shared
+        # BatchNorm, the rows too): pairs only name original rows.
+        attention = self.pair_attention(call_scores, call_features, pairs, tuple(images.shape[-2:]))
         loss_am, loss_e, erased_scores, erased = zero, zero, None, None
         skipped_e = torch.zeros((), dtype=torch.long, device=images.device)
         if use_mining:

@@ -89,6 +89,10 @@ class TrainConfig(DictConfig):
                                choices=("all", "attention"))
     erased_batchnorm: str = config_field("batch", "BatchNorm on erased images: batch statistics (running ones untouched) "
                                     "or the running statistics", choices=("batch", "running"))
+    counterfactual_batchnorm: str = config_field(
+        "own", "BatchNorm on guidance's counterfactual rows: own (a batch of their own, running statistics "
+        "untouched; docs/bias_study.md, issue 34) or shared (one batch with the originals)",
+        choices=("own", "shared"))
     weights_grad: bool = config_field(False, "let losses differentiate through the Grad-CAM weights w^c (second order)")
     area_weight: float = config_field(0.3, "gain-adv: weight of the mean-attention regulariser against background spread "
                                  "(0.3: best of 0 / 0.1 / 0.3 measured in docs/ablation.md)")

@@ -89,6 +89,7 @@ def build_gain(config: TrainConfig, num_classes: int, multi_label: bool, log_lev
     options: dict[str, Any] = dict(
         multi_label=multi_label, sigma=config.sigma, omega=config.omega, alpha=config.alpha,
         omega_e=config.omega_e, am_gradient=config.am_gradient, erased_batchnorm=config.erased_batchnorm,
+        counterfactual_batchnorm=config.counterfactual_batchnorm,
         weights_grad=config.weights_grad, probe_size=config.image_size, log_level=log_level,
     )
     layer = attention_layer_name(config.model, config.attention_layer)  # "stride16" -> its module
@@ -447,7 +448,7 @@ class Trainer:
         images, labels, masks, supervised, rows = self._batch_to_device(batch, needs_masks)
         with self._autocast():
             output = self.module(images, labels, masks if use_masks else None, supervised if use_masks else None,
-                                 mine=mine, counterfactuals=rows.images if rows is not None and len(rows) else None)
+                                 mine=mine, counterfactuals=rows.images if rows is not None else None)
             terms = self._guide_terms(output, images, labels, masks, supervised, rows)
         loss = output.loss.float()
         total = loss if output.loss_adversary is None else loss + output.loss_adversary.float()
