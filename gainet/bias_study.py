@@ -273,7 +273,7 @@ def _continue_or_refuse(config: TrainConfig) -> TrainConfig:
     the directory holds a run with other settings, retrained only with ``--overwrite`` (which
     deletes its files), else refused in one line: a study re-run with one option changed never
     replaces the runs it had."""
-    from gainet.outputs import existing_outputs
+    from gainet.io.outputs import existing_outputs
     from gainet.training.config import load_yaml
     from gainet.training.trainer import RUN_MARKERS
 

@@ -23,9 +23,9 @@ from gainet.data.errors import DataError
 from gainet.data.readers import read_rgb
 from gainet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from gainet.evaluation.overlays import denormalise, overlay, save_png
-from gainet.input_size import check_input_size
+from gainet.io.input_size import check_input_size
 from gainet.models import IMAGENET_NUM_CLASSES, imagenet_categories, load_classifier
-from gainet.outputs import refuse_existing_run
+from gainet.io.outputs import refuse_existing_run
 
 logger = logging.getLogger(__name__)
 

@@ -99,7 +99,7 @@ def test_explain_refuses_overlays_of_an_earlier_explain(tmp_path: Path) -> None:
 
 
 def test_input_size_too_small_is_one_line_error_naming_the_smallest(tmp_path: Path, capsys) -> None:
-    from gainet.input_size import check_input_size, smallest_input_size
+    from gainet.io.input_size import check_input_size, smallest_input_size
     from gainet.models import build_classifier
 
     model = build_classifier("efficientnet-lite0", 3)

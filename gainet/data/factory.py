@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from gainet.options import check_options, keyword_types
+from gainet.io.options import check_options, keyword_types
 
 from .folder import load_folder
 from .garments import GarmentsBiasWorld, GarmentsWorld

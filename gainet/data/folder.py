@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from gainet.options import check_options, keyword_types
+from gainet.io.options import check_options, keyword_types
 
 from . import readers
 from .errors import DataError

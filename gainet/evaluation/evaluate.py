@@ -12,7 +12,7 @@ from gainet.core import GAIN, label_pairs
 from gainet.evaluation.classification import ClassificationMeter
 from gainet.evaluation.faithfulness import faithfulness_summary
 from gainet.evaluation.localization import AttentionSweep, CoverageMeter, RegionCoverageMeter, class_agnostic_maps
-from gainet.progress import progress_bar
+from gainet.io.progress import progress_bar
 
 IGNORE_INDEX = 255
 SKIP_EXAMPLES = 5  # skipped files named in the results (all are counted)

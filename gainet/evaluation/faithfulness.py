@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gainet.core.counterfactual import fill_from_context
-from gainet.progress import progress_bar
+from gainet.io.progress import progress_bar
 
 Score = Literal["softmax", "sigmoid", "logit"]
 Baseline = Literal["blur", "mean", "zero", "context"]

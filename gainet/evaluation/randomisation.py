@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from gainet.progress import progress_bar
+from gainet.io.progress import progress_bar
 
 # (model, images (B, C, H, W), classes (B,)) -> maps (B, H, W) in [0, 1]
 Explain = Callable[[nn.Module, Tensor, Tensor], Tensor]

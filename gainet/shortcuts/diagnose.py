@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from gainet.core.counterfactual import dilate, fill_from_context, object_holes
-from gainet.progress import progress_bar
+from gainet.io.progress import progress_bar
 from gainet.shortcuts.evidence import (
     RESAMPLES,
     SplitAnswers,

@@ -11,7 +11,7 @@ from typing import Any, Self
 import yaml
 
 from gainet.core.guidance import parse_guidance
-from gainet.options import check_options
+from gainet.io.options import check_options
 
 METHODS = ("cam", "gain", "gain-ext", "gain-adv", "gain-adv-ext")
 # Methods whose L_e sees masks/boxes, and methods with a separate adversary scoring erased images.

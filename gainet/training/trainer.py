@@ -33,10 +33,10 @@ from gainet.core import (
 )
 from gainet.data.errors import SKIP_EXAMPLES, skip_line, skip_summary
 from gainet.evaluation.evaluate import evaluate_gain
-from gainet.input_size import check_input_size
+from gainet.io.input_size import check_input_size
+from gainet.io.outputs import refuse_existing_run, remove_outputs
+from gainet.io.progress import progress_bar
 from gainet.models import attention_layer_name, build_classifier
-from gainet.outputs import refuse_existing_run, remove_outputs
-from gainet.progress import progress_bar
 from gainet.training.checkpoint import (
     load_checkpoint,
     load_init_weights,

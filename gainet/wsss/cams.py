@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from gainet.core import GAIN, normalise_maps
 from gainet.evaluation.localization import AttentionSweep, class_agnostic_maps, default_thresholds
 from gainet.evaluation.report import markdown_table
-from gainet.input_size import smallest_input_size
-from gainet.progress import progress_bar
+from gainet.io.input_size import smallest_input_size
+from gainet.io.progress import progress_bar
 from gainet.wsss import data as io
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from gainet.data.transforms import IGNORE_INDEX
 from gainet.evaluation.localization import predict_segmentation
 from gainet.evaluation.report import markdown_table
 from gainet.evaluation.segmentation import ConfusionMatrix
-from gainet.progress import progress_bar
+from gainet.io.progress import progress_bar
 from gainet.wsss import data as io
 from gainet.wsss.cams import CAMS_DIR, CAMS_STAGE, EVAL_CAMS_JSON, dense_maps, per_class_rows, require_complete
 from gainet.wsss.crf import CRFParams, crf_labels

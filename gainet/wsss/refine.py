@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gainet.core import normalise_maps
-from gainet.progress import progress_bar
+from gainet.io.progress import progress_bar
 from gainet.wsss import data as io
 from gainet.wsss.affinity import (affinity_loss, background_scores, disc_offsets, feature_affinity, pair_labels,
                                   par_refine, random_walk)

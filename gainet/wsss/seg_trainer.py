@@ -21,8 +21,8 @@ from torchvision import tv_tensors
 from gainet.data.transforms import IGNORE_INDEX, JointTransform
 from gainet.evaluation.report import markdown_table
 from gainet.evaluation.segmentation import ConfusionMatrix
-from gainet.progress import progress_bar
-from gainet.outputs import refuse_existing_run, remove_outputs
+from gainet.io.outputs import refuse_existing_run, remove_outputs
+from gainet.io.progress import progress_bar
 from gainet.training.checkpoint import load_checkpoint, remove_stale_temporaries, resolve_resume, save_atomic
 from gainet.training.output_lock import OutputDirLock
 from gainet.wsss import data as io
