@@ -21,7 +21,7 @@ import math
 import sys
 from pathlib import Path
 
-from gainet.bias_study import METRICS, markdown_report, target_check
+from gainet.studies.bias_study import METRICS, markdown_report, target_check
 
 BASELINES = ("reference", "cam")
 

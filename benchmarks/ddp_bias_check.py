@@ -3,7 +3,7 @@
 
 For each ``result.json`` of a finished ``gainet bias-study`` run (one process), this trains the same
 config again as a 2-process job and scores it on the study's test splits with the study's own
-functions (:func:`gainet.bias_study.evaluate_split`), then prints both, per seed and as mean ± std.
+functions (:func:`gainet.studies.bias_study.evaluate_split`), then prints both, per seed and as mean ± std.
 Resumable: a finished 2-process run (its ``final.json``) is scored, not trained again.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/ddp_bias_check.py \\
@@ -40,7 +40,7 @@ def _torchrun(config_path: Path, output: Path, extra: list[str]) -> None:
 
 
 def main() -> int:
-    from gainet.bias_study import evaluate_context_split, evaluate_split
+    from gainet.studies.bias_study import evaluate_context_split, evaluate_split
     from gainet.data import build_dataset
     from gainet.data.factory import WORLDS
     from gainet.training.config import TrainConfig

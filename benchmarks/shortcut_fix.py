@@ -48,7 +48,7 @@ def _cached_json(path: Path, make) -> dict[str, Any]:
 
 
 def _evaluate(checkpoint: Path, out: Path) -> dict[str, float]:
-    from gainet.runner import evaluate_checkpoint
+    from gainet.evaluation.jobs import evaluate_checkpoint
 
     def make():
         result = evaluate_checkpoint(checkpoint, splits=list(SPLITS), output_dir=out, device="cpu")

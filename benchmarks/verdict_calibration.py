@@ -33,7 +33,7 @@ SPLITS = ("test_biased", "test_decorrelated")
 
 
 def _config(world: str, kind: str, seed: int, out: Path):
-    from gainet.demo_shortcut import SHORTCUT_CONFIG
+    from gainet.studies.demo_shortcut import SHORTCUT_CONFIG
 
     run = out / world / f"seed{seed}" / kind
     return run, SHORTCUT_CONFIG.replace(output_dir=str(run), seed=seed, threads=1, progress=False,

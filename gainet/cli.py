@@ -116,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from gainet.runner import evaluate_checkpoint
+    from gainet.evaluation.jobs import evaluate_checkpoint
 
     result = evaluate_checkpoint(
         args.checkpoint, splits=args.splits, data_root=args.data_root, output_dir=args.output,
@@ -128,7 +128,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from gainet.explain import checkpoint_explainer, explain_images, model_explainer
+    from gainet.evaluation.explain import checkpoint_explainer, explain_images, model_explainer
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
@@ -165,7 +165,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gainet.demo import run_demo
+    from gainet.studies.demo import run_demo
 
     run_demo(output_dir=args.output, epochs=args.epochs, seed=args.seed, threads=args.threads,
              progress=not args.no_progress, methods=args.methods, parts=args.parts)
@@ -432,7 +432,7 @@ def _supervision_kind(text: str) -> str:
 
 
 def cmd_bias_study(args: argparse.Namespace) -> int:
-    from gainet.bias_study import run_bias_study
+    from gainet.studies.bias_study import run_bias_study
 
     overrides = dict(args.options or {})
     if args.dataset_options:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import write_lines, write_voc_xml
-from gainet.bias_study import markdown_report, parse_supervision, recommend, study_runs, summarise, target_check
+from gainet.studies.bias_study import markdown_report, parse_supervision, recommend, study_runs, summarise, target_check
 from gainet.cli import main
 from gainet.data.worlds import BiasWorld
 
@@ -144,7 +144,7 @@ def test_bias_study_guided_runs_context_split_and_target(tmp_path: Path) -> None
 
 
 def test_guidance_settings_only_reach_guided_runs() -> None:
-    from gainet.bias_study import STUDY_CONFIG, _run_config
+    from gainet.studies.bias_study import STUDY_CONFIG, _run_config
 
     base = STUDY_CONFIG.replace(swap_mask="grabcut", guidance_weight=3.0)
     cam = _run_config(base, {"run": "cam", "method": "cam", "supervised": None, "unbiased": False}, 0, Path("x"),
@@ -156,7 +156,7 @@ def test_guidance_settings_only_reach_guided_runs() -> None:
 
 
 def test_study_runs_guided_names_and_optional_baselines() -> None:
-    from gainet.bias_study import study_runs
+    from gainet.studies.bias_study import study_runs
 
     runs = study_runs([0, 100], reference=False, guidance=["context-swap,l_e"], gain_runs=False, cam=False)
     assert [(r["run"], r["method"], r["supervised"], r["guidance"]) for r in runs] == [

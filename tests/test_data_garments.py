@@ -131,7 +131,7 @@ def test_garments_options_are_checked(fashion_root: Path) -> None:
 
 
 def test_trainer_and_evaluate_run_on_garments(fashion_root: Path, tmp_path: Path) -> None:
-    from gainet.runner import evaluate_checkpoint
+    from gainet.evaluation.jobs import evaluate_checkpoint
     from gainet.training.config import TrainConfig
     from gainet.training.trainer import train
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from gainet.cli import main
-from gainet.explain import output_stems, safe_name
+from gainet.evaluation.explain import output_stems, safe_name
 from gainet.models import SmallConvNet, imagenet_categories
 
 SIZE = 32

@@ -73,7 +73,7 @@ def test_train_seg_refuses_a_finished_run_and_holds_the_lock(tmp_path: Path) -> 
 def test_bias_study_refuses_a_run_trained_with_other_settings(tmp_path: Path) -> None:
     import yaml
 
-    from gainet.bias_study import _continue_or_refuse
+    from gainet.studies.bias_study import _continue_or_refuse
 
     config = TrainConfig(dataset="bias", method="cam", epochs=3, output_dir=str(tmp_path / "cam"))
     Path(config.output_dir).mkdir()
@@ -87,7 +87,7 @@ def test_bias_study_refuses_a_run_trained_with_other_settings(tmp_path: Path) ->
 
 
 def test_explain_refuses_overlays_of_an_earlier_explain(tmp_path: Path) -> None:
-    from gainet.explain import Explainer, explain_images
+    from gainet.evaluation.explain import Explainer, explain_images
 
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "cat.png")
     out = tmp_path / "out"

@@ -343,7 +343,7 @@ def reader_checkpoint(tmp_path_factory) -> Path:
 def test_diagnose_and_fix_commands_write_their_files_and_keep_them(reader_checkpoint: Path, tmp_path: Path,
                                                                    capsys) -> None:
     from gainet.cli import main
-    from gainet.runner import evaluate_checkpoint
+    from gainet.evaluation.jobs import evaluate_checkpoint
 
     common = ["--checkpoint", str(reader_checkpoint), "--no-progress", "--limit", "40", "--batch-size", "32"]
     out = tmp_path / "diagnose"

@@ -175,7 +175,7 @@ def test_cli_help_explains_every_command(capsys) -> None:
 
 
 def test_demo_writes_report_with_every_method(tmp_path: Path) -> None:
-    from gainet.demo import run_demo
+    from gainet.studies.demo import run_demo
 
     result = run_demo(tmp_path / "demo", epochs=1, threads=1, progress=False, parts=["attention"],
                       train_images=32, val_images=8, image_size=32, model_width=8)
@@ -191,7 +191,7 @@ def test_demo_writes_report_with_every_method(tmp_path: Path) -> None:
 
 
 def test_demo_shortcut_part_diagnoses_fixes_and_reports_beside_the_reference(tmp_path: Path, capsys) -> None:
-    from gainet.demo import run_demo
+    from gainet.studies.demo import run_demo
 
     quick = {"model": "small-cnn", "pretrained": None, "model_width": 8, "image_size": 32, "train_images": 320,
              "epochs": 1, "lr": 3e-3}

@@ -293,7 +293,7 @@ def test_affinity_with_a_background_map_reuses_the_head_and_scores_against_it(se
     # one image recomputed from its seeds, the stored head and the numerics: background first,
     # raised to the power, the class maps scored against it
     import torch.nn.functional as F
-    from gainet.runner import load_trained
+    from gainet.evaluation.jobs import load_trained
     from gainet.wsss.refine import AffinityHead, FeatureTap, _network_input, feature_layers
 
     meta = json.loads((seeds / "cams" / "meta.json").read_text())

@@ -194,7 +194,7 @@ def _tiny_checkpoint(tmp_path: Path, **changes) -> Path:
 
 
 def test_make_cams_maps_views_and_resume(tmp_path: Path) -> None:
-    from gainet.runner import load_trained
+    from gainet.evaluation.jobs import load_trained
 
     checkpoint = _tiny_checkpoint(tmp_path)
     gain, config, state = load_trained(checkpoint)

@@ -281,7 +281,7 @@ class GarmentsBiasWorld(_GarmentWorld):
     name = "garments-bias"
     splits = MappingProxyType({"train": 2000, "val": 300, "test_biased": 500, "test_decorrelated": 500,
                                "train_unbiased": 2000, "test_context": 500})
-    # Context without any object, scored like the bias world's (gainet.bias_study).
+    # Context without any object, scored like the bias world's (gainet.studies.bias_study).
     context_splits = ("test_context",)
     biased_splits = ("train", "val", "test_biased")
     multi_label = False

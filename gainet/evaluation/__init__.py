@@ -1,7 +1,9 @@
 """Evaluation of GAIN models: pure functions and batch accumulators on tensors.
 
-No trainer, data or CLI imports: classification metrics, segmentation IoU, attention localisation
-(threshold sweep, coverage / precision / pointing game), overlays and reports.
+The modules imported here import no trainer, data or CLI: classification metrics, segmentation IoU,
+attention localisation (threshold sweep, coverage / precision / pointing game), overlays and reports.
+Two modules sit above training and data and are imported only by name: :mod:`gainet.evaluation.jobs`
+(checkpoints scored for ``gainet evaluate``) and :mod:`gainet.evaluation.explain` (``gainet explain``).
 """
 
 from gainet.evaluation.classification import ClassificationMeter

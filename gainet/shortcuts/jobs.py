@@ -256,8 +256,7 @@ def run_fix(*, way: str = DEFAULT_WAY, checkpoint: str | None = None, model: str
             limit: int | None = None, normalize: str = "imagenet", context_split: str | None = None) -> dict[str, Any]:
     """``gainet fix``: a fixed model (``fixed.pt``, a gainet checkpoint), diagnosed before and
     after on the held-out ``split``; ``fix.json`` / ``fix.md`` hold both and the cost."""
-    from gainet.bias_study import parse_supervision
-    from gainet.training.data import choose_supervised
+    from gainet.training.data import choose_supervised, parse_supervision
 
     if way not in WAYS:
         raise ValueError(f"--way must be one of {', '.join(WAYS)}, got {way!r}")

@@ -1,6 +1,6 @@
 """The model under diagnosis: a gainet checkpoint, or any classifier with a local state-dict file.
 
-Loading reuses :func:`gainet.runner.load_trained` (checkpoints, ``weights_only=True``) and
+Loading reuses :func:`gainet.evaluation.jobs.load_trained` (checkpoints, ``weights_only=True``) and
 :func:`gainet.models.load_classifier` (``--model`` + ``--weights``, as ``gainet explain`` takes them).
 """
 
@@ -59,7 +59,7 @@ class Subject:
 
 def checkpoint_subject(path: str | Path, device: torch.device) -> Subject:
     """The model of a gainet checkpoint (``weights_only=True``)."""
-    from gainet.runner import load_trained
+    from gainet.evaluation.jobs import load_trained
 
     gain, config, state = load_trained(path, device)
     return Subject(gain, [str(c) for c in state["classes"]], bool(state["multi_label"]), config, str(path),

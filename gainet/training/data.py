@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler, Sampler
@@ -39,6 +39,30 @@ def choose_supervised(dataset: Dataset, source: str, fraction: float, count: int
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(candidates), generator=generator)[:wanted]
     return sorted(candidates[i] for i in order.tolist())
+
+
+def parse_supervision(values: Sequence[str | int | float], train_size: int) -> list[int]:
+    """Numbers of supervised images (``--supervised-count`` of ``bias-study`` and ``fix``): ``"5%"`` and fractions below 1 (``"0.05"``) are shares of the
+    training set (rounded), integers (``"20"``) are counts. Sorted, duplicates removed."""
+    counts = []
+    for value in values:
+        text = str(value).strip()
+        try:
+            if text.endswith("%"):
+                count = round(float(text[:-1]) / 100.0 * train_size)
+            elif any(c in text for c in ".eE"):
+                fraction = float(text)
+                if not 0.0 <= fraction <= 1.0:
+                    raise ValueError
+                count = round(fraction * train_size)
+            else:
+                count = int(text)
+        except ValueError:
+            raise ValueError(f"supervision {text!r}: expected a count (20), a fraction (0.05) or a percentage (5%)") from None
+        if not 0 <= count <= train_size:
+            raise ValueError(f"supervision {text!r}: {count} images is outside 0..{train_size}")
+        counts.append(count)
+    return sorted(set(counts))
 
 
 class SupervisionView(Dataset):

@@ -147,7 +147,7 @@ def make_cams(
     trained with, in ``gainet train --attention-layer``'s vocabulary (``stride16``, ``stride32`` or a
     dotted module name; see :mod:`gainet.models`); ``class_agnostic``: the class-agnostic baseline
     (see :func:`image_cams`)."""
-    from gainet.runner import load_trained
+    from gainet.evaluation.jobs import load_trained
     from gainet.training.distributed import DistributedContext
     from gainet.training.trainer import resolve_device
 

@@ -378,7 +378,7 @@ def _affinity_model(meta, dataset, folder: Path, output: Path, settings: dict[st
                     device: torch.device, overwrite: bool, progress: bool) -> tuple[FeatureTap, AffinityHead, list]:
     """The feature tap on the seeds' classifier and the trained affinity head (loaded from
     ``output/affinity.pt`` when its settings match, else trained and saved there)."""
-    from gainet.runner import load_trained
+    from gainet.evaluation.jobs import load_trained
 
     checkpoint = meta.get("checkpoint")
     if not checkpoint or not Path(checkpoint).is_file():

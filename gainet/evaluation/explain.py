@@ -1,7 +1,8 @@
 """``gainet explain``: attention (Grad-CAM) overlays of a trained gainet checkpoint, or of any
 torchvision / timm / EfficientNet-Lite classifier without training.
 
-Sits above models, core, data, evaluation and the runner (which loads checkpoints), below the CLI.
+Sits above models, core, data, the rest of evaluation and :mod:`gainet.evaluation.jobs` (which loads
+checkpoints), below the CLI.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from gainet.data.readers import read_rgb
 from gainet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from gainet.evaluation.overlays import denormalise, overlay, save_png
 from gainet.io.input_size import check_input_size
-from gainet.models import IMAGENET_NUM_CLASSES, imagenet_categories, load_classifier
 from gainet.io.outputs import refuse_existing_run
+from gainet.models import IMAGENET_NUM_CLASSES, imagenet_categories, load_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class ExplainResult:
 
 def checkpoint_explainer(checkpoint: str | Path, device: str = "auto", image_size: int | None = None) -> Explainer:
     """The explainer of a gainet checkpoint (its classes, input size and normalisation)."""
-    from gainet.runner import load_trained
+    from gainet.evaluation.jobs import load_trained
     from gainet.training.distributed import DistributedContext
     from gainet.training.trainer import resolve_device
 

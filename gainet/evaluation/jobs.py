@@ -1,6 +1,7 @@
 """Checkpoint-level jobs behind ``gainet evaluate`` (and the checkpoint loading of ``gainet explain``).
 
-Sits above training, data and evaluation (it loads what the trainer wrote) and below the CLI.
+Sits above training, data and the rest of evaluation (it loads what the trainer wrote) and below the CLI;
+with :mod:`gainet.evaluation.explain`, the only modules of :mod:`gainet.evaluation` that import training.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def _cached(path: Path, make) -> dict[str, Any]:
 
 
 def _accuracy(checkpoint: Path, out: Path, test_images: int) -> dict[str, float]:
-    from gainet.runner import evaluate_checkpoint
+    from gainet.evaluation.jobs import evaluate_checkpoint
 
     def make() -> dict[str, float]:
         batch = min(100, test_images)

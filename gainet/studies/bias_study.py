@@ -41,6 +41,7 @@ from typing import Any, Sequence
 import torch
 
 from gainet.training.config import TrainConfig
+from gainet.training.data import parse_supervision
 
 # The budget was fixed from the reference alone, never from GAIN's results: the reference (cam on
 # train_unbiased, seed 0) reached test_decorrelated accuracy 0.29 with 1000 images (width 16 or
@@ -93,30 +94,6 @@ METRIC_LABELS = {
     "decorrelated_box_energy": "attention energy in box, test_decorrelated",
     "biased_box_energy": "attention energy in box, test_biased",
 }
-
-
-def parse_supervision(values: Sequence[str | int | float], train_size: int) -> list[int]:
-    """Numbers of supervised images: ``"5%"`` and fractions below 1 (``"0.05"``) are shares of the
-    training set (rounded), integers (``"20"``) are counts. Sorted, duplicates removed."""
-    counts = []
-    for value in values:
-        text = str(value).strip()
-        try:
-            if text.endswith("%"):
-                count = round(float(text[:-1]) / 100.0 * train_size)
-            elif any(c in text for c in ".eE"):
-                fraction = float(text)
-                if not 0.0 <= fraction <= 1.0:
-                    raise ValueError
-                count = round(fraction * train_size)
-            else:
-                count = int(text)
-        except ValueError:
-            raise ValueError(f"supervision {text!r}: expected a count (20), a fraction (0.05) or a percentage (5%)") from None
-        if not 0 <= count <= train_size:
-            raise ValueError(f"supervision {text!r}: {count} images is outside 0..{train_size}")
-        counts.append(count)
-    return sorted(set(counts))
 
 
 def study_runs(counts: Sequence[int], reference: bool = True, guidance: Sequence[str] = (),

@@ -1,5 +1,5 @@
 """``gainet demo``: a classifier that reads the background diagnosed and fixed with a few boxes
-(:mod:`gainet.demo_shortcut`), then cam vs gain vs gain-ext on the built-in part-dominance world;
+(:mod:`gainet.studies.demo_shortcut`), then cam vs gain vs gain-ext on the built-in part-dominance world;
 one report."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """The demo's two parts, one report (``report.html``), each table printed:
 
-    - ``shortcut`` (:mod:`gainet.demo_shortcut`): a pretrained classifier that reads the background,
+    - ``shortcut`` (:mod:`gainet.studies.demo_shortcut`): a pretrained classifier that reads the background,
       diagnosed, fixed with boxes on 5%, diagnosed again, beside the unbiased reference (needs the
       ``[all]`` install's offline EfficientNet-Lite0 weights; skipped with a note otherwise;
       ``shortcut_overrides`` / ``shortcut_test_images``: quick runs);
@@ -99,7 +99,7 @@ def run_demo(
     shortcut_rows: list[dict[str, Any]] = []
     sections: list[dict[str, Any]] = []
     if "shortcut" in parts:
-        from gainet.demo_shortcut import run_shortcut_demo, shortcut_available
+        from gainet.studies.demo_shortcut import run_shortcut_demo, shortcut_available
 
         if shortcut_available():
             shortcut = run_shortcut_demo(output_dir / "shortcut", seed=seed, threads=threads, progress=progress,
