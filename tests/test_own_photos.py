@@ -12,7 +12,8 @@ import torch
 from conftest import save_image, save_index_png, write_lines, write_voc_xml
 from torchmetrics.classification import MultilabelAveragePrecision
 
-from gainet.cli import build_parser, config_from_args
+from gainet.cli import build_parser
+from gainet.cli.train_eval import config_from_args
 from gainet.data import DataError, build_dataset
 from gainet.data.voc import VOCDataset
 from gainet.evaluation.classification import ClassificationMeter
