@@ -216,7 +216,7 @@ def finetune(model: nn.Module, annotated: AnnotatedImages, train: tuple[Tensor, 
         ``{"steps", "epochs", "rows_per_step", "final_loss"}``.
     """
     from gainet.core.batch_transforms import ContextOnly, ContextSwap
-    from gainet.shortcuts.fix import head_loss
+    from gainet.shortcuts.heads import head_loss
 
     generator = torch.Generator().manual_seed(seed)
     num_classes = annotated.labels.shape[1]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gainet.evaluation.classification import ClassificationMeter
+from gainet.shortcuts.heads import fit_linear_head
 
 LEVEL = 0.95
 RESAMPLES = 1000
@@ -177,7 +178,7 @@ def context_probe(contexts: Tensor, labels: Tensor, *, multi_label: bool, folds:
     """Do these contexts go with their labels, for *any* reader? A model-free probe.
 
     A linear classifier on :func:`thumbnail_features` (standardised, L2-regularised logistic
-    regression, :func:`gainet.shortcuts.fix.fit_linear_head`) predicts each context's labels,
+    regression, :func:`gainet.shortcuts.heads.fit_linear_head`) predicts each context's labels,
     ``folds``-fold cross-validated (seeded); its held-out score, a bootstrap interval over the
     contexts, and the chance score of its answers (:func:`chance_score`). Contexts whose probe
     interval reaches down to chance carry no class that a context shortcut could use.
@@ -187,8 +188,6 @@ def context_probe(contexts: Tensor, labels: Tensor, *, multi_label: bool, folds:
     Returns:
         ``{"score", "low", "high", "chance", "images"}``.
     """
-    from gainet.shortcuts.fix import fit_linear_head
-
     n = contexts.shape[0]
     features = thumbnail_features(contexts)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

@@ -12,6 +12,7 @@ import yaml
 
 from gainet.core.guidance import parse_guidance
 from gainet.io.options import check_options
+from gainet.training.defaults import NO_WEIGHTS, dataset_defaults
 
 METHODS = ("cam", "gain", "gain-ext", "gain-adv", "gain-adv-ext")
 # Methods whose L_e sees masks/boxes, and methods with a separate adversary scoring erased images.
@@ -163,9 +164,7 @@ class TrainConfig(DictConfig):
         (``folder`` / ``voc``: a pretrained backbone, image size and lr that learn on photos; see
         :func:`gainet.training.defaults.dataset_defaults`), then the dataclass defaults.
         ``pretrained: none`` (or ``false``) asks for no pretrained weights."""
-        from gainet.training.defaults import NO_WEIGHTS, dataset_defaults
-
-        values = {**dataset_defaults(values), **values}
+        values = {**dataset_defaults(values, dataset=cls.dataset, model=cls.model), **values}
         if isinstance(values.get("pretrained"), str) and values["pretrained"].strip().lower() in NO_WEIGHTS:
             values["pretrained"] = None
         return super().from_dict(values)

