@@ -37,8 +37,9 @@ def _imports() -> dict[str, set[str]]:
                     continue
                 if isinstance(child, ast.Import):
                     found.update(owner(alias.name) for alias in child.names if alias.name.startswith("gainet"))
-                elif isinstance(child, ast.ImportFrom) and child.level == 0 and (child.module or "").startswith("gainet"):
-                    found.update(owner(f"{child.module}.{alias.name}") for alias in child.names)
+                elif isinstance(child, ast.ImportFrom) and child.level == 0:
+                    if (child.module or "").startswith("gainet"):
+                        found.update(owner(f"{child.module}.{alias.name}") for alias in child.names)
                 visit(child)
 
         visit(ast.parse(path.read_text(encoding="utf-8")))

@@ -5,7 +5,8 @@ One module per group of commands, each holding its ``cmd_*`` functions and the `
 that declares its options: :mod:`~gainet.cli.train_eval`, :mod:`~gainet.cli.explain`,
 :mod:`~gainet.cli.wsss`, :mod:`~gainet.cli.studies` (demo, bias-study) and
 :mod:`~gainet.cli.shortcuts` (diagnose, fix); :mod:`~gainet.cli.common` holds what they share.
-Commands import the library only when run, so ``gainet --help`` stays fast.
+Each command imports what it runs only when it runs: building the parser needs only the training
+config (for ``train``'s options).
 """
 
 from __future__ import annotations

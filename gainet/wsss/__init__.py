@@ -9,8 +9,9 @@
 5. :func:`evaluate_segmentation` — its mIoU on the ground-truth validation split, from saved
    prediction PNGs, optionally multi-scale + flip and CRF.
 
-Imports core, data, evaluation, training and runner; only the CLI imports this package. Names
-are imported lazily, so ``gainet --help`` does not load torch through here. See ``docs/wsss.md``.
+Imports core, data, evaluation (with its jobs), training and models; only the CLI imports this
+package. Names are imported lazily, so ``gainet --help`` does not load torch through here. See
+``docs/wsss.md``.
 """
 
 from __future__ import annotations
