@@ -228,6 +228,9 @@ def test_gain_forward_own_normalises_the_rows_as_a_batch_of_their_own() -> None:
     # The rows' gradient reaches the weights through the second call.
     out.all_scores[6:].sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gain.model.parameters())
+    # One row: normalised with the running statistics (a batch of one has none of its own).
+    lone = gain(images, labels, counterfactuals=rows.images[:1]).all_scores[-1]
+    torch.testing.assert_close(lone, copy.deepcopy(gain.model).eval()(rows.images[:1])[0], atol=1e-10, rtol=0)
     # Zero rows in one process: the plain forward alone.
     empty = gain(images, labels, counterfactuals=rows.images[:0])
     assert empty.all_scores.shape[0] == images.shape[0]

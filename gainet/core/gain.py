@@ -101,7 +101,7 @@ class GAIN(nn.Module):
         counterfactual_batchnorm: how the ``counterfactuals`` rows of :meth:`forward` meet
             BatchNorm. ``"own"`` (default): a second backbone call in which the rows are normalised
             with their own batch statistics, running buffers untouched (the originals' forward is
-            exactly a plain one). ``"shared"``: one call over images + rows, one set of statistics
+            exactly a plain one; a lone row in one process: the running statistics). ``"shared"``: one call over images + rows, one set of statistics
             (running ones moved by both); measured 5 points worse on decorrelated data (issue 34).
         weights_grad: let losses differentiate through the Grad-CAM weights ``w^c`` as well
             (second-order gradient). Default ``False``: ``w^c`` is a constant, as in Grad-CAM and
@@ -276,7 +276,12 @@ class GAIN(nn.Module):
         if rows is None or self.counterfactual_batchnorm == "shared" or (
                 rows.shape[0] == 0 and not synchronising_modules(self.backbone.model)):
             return scores, features, scores, features  # no row, and no collective to keep in step
-        with batchnorm_with_batch_stats_only(self.backbone.model):
+        synchronising = synchronising_modules(self.backbone.model)
+        # A lone row has no batch statistics (at a 1 x 1 map BatchNorm refuses it): it is normalised
+        # with the running ones. Under a synchronising BatchNorm the statistics are the rows of every
+        # rank, and the mode may not depend on this rank's count.
+        alone = rows.shape[0] == 1 and not synchronising
+        with (batchnorm_in_eval_mode if alone else batchnorm_with_batch_stats_only)(self.backbone.model):
             row_scores, row_features = self.backbone(rows)
         return torch.cat([scores, row_scores]), torch.cat([features, row_features]), scores, features
 
