@@ -2,10 +2,12 @@
 """Cost of a guided training step relative to the plain classifier (cam), on the new engine.
 
 Counterfactual rows are built by the batch transforms (:mod:`gainet.core.batch_transforms`) in
-the DataLoader workers and appended to the batch; the training process runs ONE forward and
-backward over originals + rows. Reported per mode, for each ``--model`` and ``--image-size``:
+the DataLoader workers and appended to the batch; the training process runs the forward and
+backward over originals + rows (the rows a BatchNorm batch of their own, a second backbone call,
+GAIN's default since issue 34; the mode marked "shared BatchNorm" makes one call over B + S rows,
+issue 18's engine). Reported per mode, for each ``--model`` and ``--image-size``:
 
-- ``step ms``: the training process's step (zero_grad -> one forward over B + S rows -> the
+- ``step ms``: the training process's step (zero_grad -> the forward over B + S rows -> the
   guides -> backward -> AdamW), median over ``--rounds`` interleaved rounds after ``--warmup``;
 - ``x cam``: that median over cam's;
 - ``rows``: the counterfactual rows S appended to the B images;
@@ -40,6 +42,7 @@ MODES = {
     "cam": ("", False),
     "context-swap": ("context-swap", False),
     "context-swap/grabcut": ("context-swap", True),
+    "context-swap/grabcut, shared BatchNorm": ("context-swap", True),
     "context-only": ("context-only", False),
     "context-swap/grabcut + context-only": ("context-swap,context-only", True),
     "actdiff": ("actdiff", False),
@@ -90,6 +93,9 @@ def measure(model_name: str, size: int, args: argparse.Namespace) -> None:
 
     def step(mode: str, rows: CounterfactualRows) -> None:
         guides = plans[mode][0]
+        # Issue 34: the rows as a BatchNorm batch of their own (a second backbone call, the
+        # default) or in one call with the originals (issue 18's engine).
+        gain.counterfactual_batchnorm = "shared" if "shared BatchNorm" in mode else "own"
         optimizer.zero_grad(set_to_none=True)
         inputs = images.clone().requires_grad_(any(g.input_gradient for g in guides))
         out = gain(inputs, labels, mine=False, counterfactuals=rows.images if len(rows) else None)

@@ -1,9 +1,9 @@
 """Counterfactual batch transforms: extra rows for the training batch, built from a few masks or boxes.
 
 Modelled on torchvision's ``transforms.v2.CutMix`` / ``MixUp``: a transform takes a collated
-batch and returns something to train on, here *extra rows* that are appended to the batch and go
-through the same single forward pass as the originals (so BatchNorm normalises originals and
-counterfactuals together, and a distributed run makes the same calls on every rank). Each
+batch and returns something to train on, here *extra rows* that go through the network with the
+originals (:class:`gainet.core.GAIN`'s ``counterfactuals``: by default a BatchNorm batch of their
+own, issue 34; a distributed run makes the same calls on every rank). Each
 transform is plain PyTorch, tensors in and out, usable in anyone's loop or in a DataLoader's
 ``collate_fn`` (:class:`CounterfactualCollate`), where it costs the training process nothing.
 

@@ -182,6 +182,10 @@ class Fix:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def _logits(output: Any) -> Tensor:
+    return output["logits"] if isinstance(output, dict) else output
+
+
 def _batches(train: tuple[Tensor, Tensor] | Iterable, batch_size: int, generator: torch.Generator) -> Iterable:
     if isinstance(train, tuple):
         images, labels = train
@@ -207,14 +211,16 @@ def finetune(model: nn.Module, annotated: AnnotatedImages, train: tuple[Tensor, 
     Every step: a batch of training images (their labels, cross entropy) and, from
     ``annotated_per_batch`` annotated images drawn at random, each object pasted on another annotated
     image's context (its own labels; :class:`gainet.core.batch_transforms.ContextSwap`) and each
-    context alone (target "no class"; :class:`~gainet.core.batch_transforms.ContextOnly`), all in
-    one forward pass; the rows' loss is their mean soft cross entropy, added with weight 1.
+    context alone (target "no class"; :class:`~gainet.core.batch_transforms.ContextOnly`), the rows
+    normalised as a BatchNorm batch of their own (as the trainer does, issue 34); the rows' loss is
+    their mean soft cross entropy, added with weight 1.
 
     Args:
         train: ``(images, labels)`` tensors or an iterable of such batches (or of gainet sample dicts).
     Returns:
         ``{"steps", "epochs", "rows_per_step", "final_loss"}``.
     """
+    from gainet.core.backbone import batchnorm_in_eval_mode, batchnorm_with_batch_stats_only
     from gainet.core.batch_transforms import ContextOnly, ContextSwap
     from gainet.shortcuts.heads import head_loss
 
@@ -234,13 +240,16 @@ def finetune(model: nn.Module, annotated: AnnotatedImages, train: tuple[Tensor, 
                     alone.rows(built, num_classes)]
             extra = torch.cat([r.images for r in rows])
             targets = torch.cat([r.targets for r in rows]).float()
-            logits = model(torch.cat([images.float(), extra]).to(device))
-            logits = logits["logits"] if isinstance(logits, dict) else logits
+            logits = _logits(model(images.float().to(device)))
             originals = _multi_hot(torch.as_tensor(labels), num_classes).to(logits.device)
-            count = images.shape[0]
-            loss = head_loss(logits[:count], originals, multi_label)
+            loss = head_loss(logits, originals, multi_label)
             if extra.shape[0]:
-                loss = loss + head_loss(logits[count:], targets.to(logits.device), multi_label)
+                # The rows are a BatchNorm batch of their own, as in the trainer (GAIN's
+                # counterfactual_batchnorm="own", issue 34); a lone row takes the running statistics.
+                own = batchnorm_in_eval_mode if extra.shape[0] == 1 else batchnorm_with_batch_stats_only
+                with own(model):
+                    extra_logits = _logits(model(extra.to(device)))
+                loss = loss + head_loss(extra_logits, targets.to(logits.device), multi_label)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

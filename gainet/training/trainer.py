@@ -184,7 +184,8 @@ class Trainer:
         if config.channels_last:
             self.gain = self.gain.to(memory_format=torch.channels_last)
         # Guidance: one small unit per mode; the counterfactual rows they read are built in the
-        # DataLoader workers (collate) and go through the one forward pass with the originals.
+        # DataLoader workers (collate) and go through GAIN's forward with the originals (as a
+        # BatchNorm batch of their own by default: counterfactual_batchnorm).
         self.guides = build_guides(config.guidance_modes, context_target=config.context_target)
         self.input_gradient = any(guide.input_gradient for guide in self.guides)
         # DDP: BatchNorm normalises with the global batch's statistics (as one process would); a
@@ -438,7 +439,7 @@ class Trainer:
         return means
 
     def _step_loss(self, batch: dict[str, Any], mine: bool, use_masks: bool, needs_masks: bool):
-        """Batch in, loss out: GAIN's streams and every guidance term from one forward pass over the
+        """Batch in, loss out: GAIN's streams and every guidance term from GAIN's forward over the
         batch and its counterfactual rows, as this rank's share of the global-batch loss.
 
         Returns ``(total, values, supervised_step, counts, skipped_e)``: the loss to back-propagate

@@ -1,7 +1,7 @@
 """What every guidance term shares: the batch it reads, the term it returns, per-row losses.
 
 A guidance term is one small :class:`Guide` (one file per mode, as pytorch-grad-cam adds a
-method by overriding one function): it reads the one forward pass over originals + counterfactual
+method by overriding one function): it reads GAIN's forward over originals + counterfactual
 rows (:class:`GuidanceBatch`) and returns a :class:`GuideTerm`, a weighted *sum* and the weight it
 is a sum over, never a mean. The caller turns it into a mean over the items of the whole batch,
 which under DDP is the global batch (:func:`term_mean`), however many items a rank holds.
