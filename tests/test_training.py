@@ -178,7 +178,8 @@ def test_demo_writes_report_with_every_method(tmp_path: Path) -> None:
     from gainet.studies.demo import run_demo
 
     result = run_demo(tmp_path / "demo", epochs=1, threads=1, progress=False, parts=["attention"],
-                      train_images=32, val_images=8, image_size=32, model_width=8)
+                      train_images=32, val_images=8, image_size=32, model_width=8,
+                      faithfulness_images=2)  # tests/test_demo_faithfulness.py checks those rows
     html = (tmp_path / "demo" / "report.html").read_text()
     for method in ("cam", "gain", "gain-ext", "gain-adv"):
         assert f"<td>{method}</td>" in html
