@@ -129,7 +129,8 @@ def cmd_refine_cams(args: argparse.Namespace) -> int:
                           w_rgb=args.w_rgb, w_pos=args.w_pos, layers=tuple(args.affinity_layers or ()),
                           conf_fg=args.conf_fg, conf_bg=args.conf_bg, radius=args.radius, epochs=args.epochs,
                           lr=args.lr, seed=args.seed, beta=args.beta, walk_radius=args.walk_radius,
-                          background_power=args.background_power)
+                          background_power=args.background_power, label_crf=args.label_crf,
+                          walk_normalise=args.walk_normalise)
     result = refine_cams(args.cams, args.output, params, data_root=args.data_root, overwrite=args.overwrite,
                          device=args.device, progress=not args.no_progress)
     print(f"refine-cams: {result['written']} written, {result['skipped']} already there, {result['images']} images "
@@ -169,6 +170,13 @@ def add_refine_command(commands: Any) -> None:
     refine.add_argument("--background-power", type=float, default=0.0,
                         help="affinity: walk AffinityNet's background map (1 - max map)^P beside the maps and "
                              "score each class against it (P = 16 in AffinityNet; default 0: no background map)")
+    refine.add_argument("--walk-normalise", default="minmax", choices=("minmax", "max", "none"),
+                        help="affinity, without --background-power: how the walked maps are written: minmax (each "
+                             "map to [0, 1]), max (divided by the image's largest walked value, IRN's), none (as "
+                             "walked) (default: %(default)s)")
+    refine.add_argument("--label-crf", action="store_true",
+                        help="affinity: train the head on IRN's labels: the seeds at --conf-fg and at --conf-bg each "
+                             "refined by a dense CRF (pseudo-labels --crf's kernels; needs pydensecrf2)")
     refine.add_argument("--data-root", default=None, help="override the dataset directory")
     refine.add_argument("--overwrite", action="store_true", help="redo every file (and retrain the head)")
     refine.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -9,16 +9,22 @@ Two methods (numerics in :mod:`gainet.wsss.affinity`):
   the frozen features of the classifier's own backbone (stride 4, 8 and 16 of the same weights) is
   trained from the seeds: pixels whose strongest map exceeds ``conf_fg`` are that class, pixels
   below ``conf_bg`` background, the rest unsure; pairs within ``radius`` with the same label are
-  trained to affinity 1, with different labels to 0, pairs with an unsure pixel ignored. Then each
-  image's maps, downsampled to the features' stride-4 grid, are propagated by a random walk on
-  the predicted affinities (``beta``, ``iterations``) and resized back to native size. With
-  ``background_power`` a > 0 the walk carries AffinityNet's background map ``(1 - max_k M_k)^a``
-  beside them and each output map is ``walked M_k / (walked M_k + walked background)`` (0.5 = the
-  argmax of the walked maps); with 0 the foreground maps walk alone and are min-max normalised.
+  trained to affinity 1, with different labels to 0, pairs with an unsure pixel ignored. With
+  ``label_crf`` the labels are IRN's (``cam_to_ir_label``): the segmentation at ``conf_fg`` and the
+  one at ``conf_bg`` each refined by a dense CRF on the image, foreground where the first says so,
+  background where both say so, unsure elsewhere. Then each image's maps, downsampled to the
+  features' stride-4 grid, are propagated by a random walk on the predicted affinities (``beta``,
+  ``iterations``) and resized back to native size. With ``background_power`` a > 0 the walk
+  carries AffinityNet's background map ``(1 - max_k M_k)^a`` beside them and each output map is
+  ``walked M_k / (walked M_k + walked background)`` (0.5 = the argmax of the walked maps); with 0
+  the foreground maps walk alone and are written as ``walk_normalise`` says: ``minmax`` each map
+  min-max normalised (the default), ``max`` divided by the image's largest walked value (IRN's
+  ``rw_up / max(rw_up)``, classes keep their relative strength), ``none`` as walked.
 
 The output folder is a ``make-cams`` folder (``meta.json`` with ``stage: cams`` plus the
 ``refinement`` and its ``source``; ``cams/<image_id>.npy``, every map in [0, 1]: min-max
-normalised again, or the ratio against the walked background with ``background_power``), so
+normalised again unless ``walk_normalise`` says otherwise, or the ratio against the walked
+background with ``background_power``), so
 ``eval-cams`` and ``pseudo-labels`` read it unchanged. One file per image, atomically; existing
 files are skipped (resume), a folder made with other settings or from other seeds is refused
 unless ``overwrite``. The trained head is ``affinity.pt`` in the output folder
@@ -45,14 +51,17 @@ from gainet.wsss import data as io
 from gainet.wsss.affinity import (affinity_loss, background_scores, disc_offsets, feature_affinity, pair_labels,
                                   par_refine, random_walk)
 from gainet.wsss.cams import CAMS_DIR, CAMS_STAGE, EVAL_CAMS_JSON, require_complete, to_input
+from gainet.wsss.crf import CRFParams
 from gainet.wsss.pseudo_labels import pseudo_label
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("par", "affinity")
+# how the walked class maps are written when no background map walks with them
+WALK_NORMALISATIONS = ("minmax", "max", "none")
 AFFINITY_FILE = "affinity.pt"
 # settings of the random walk alone: they do not change the trained affinity head
-WALK_SETTINGS = ("iterations", "beta", "walk_radius", "background_power")
+WALK_SETTINGS = ("iterations", "beta", "walk_radius", "background_power", "walk_normalise")
 # Backbone layers of the affinity head, by stride, per model family (the stride-16 names are
 # gainet.models.ATTENTION_LAYERS', the vocabulary of gainet train --attention-layer).
 FEATURE_LAYERS: dict[str, dict[str, str]] = {
@@ -72,8 +81,11 @@ class RefineParams:
     the backbone; empty: every stride :data:`FEATURE_LAYERS` names for the model family),
     ``dim`` of the affinity features, ``conf_fg`` / ``conf_bg`` (numbers, or ``None``: the source's
     eval-cams best threshold + ``fg_margin`` / - ``bg_margin``), training ``radius``, ``epochs``,
-    ``lr``, ``batch_size``, ``seed``; random walk ``beta``, ``iterations`` (default 256),
-    ``walk_radius``, ``background_power`` (0: no background map in the walk)."""
+    ``lr``, ``batch_size``, ``seed``, ``label_crf`` (the head's labels from CRF-refined seeds,
+    IRN's ``cam_to_ir_label``, with :class:`~gainet.wsss.crf.CRFParams`' defaults); random walk
+    ``beta``, ``iterations`` (default 256), ``walk_radius``, ``background_power`` (0: no
+    background map in the walk), ``walk_normalise`` (one of :data:`WALK_NORMALISATIONS`; only
+    without a background map)."""
 
     method: str = "par"
     dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
@@ -94,6 +106,8 @@ class RefineParams:
     beta: float = 8.0
     walk_radius: int = 5
     background_power: float = 0.0
+    label_crf: bool = False
+    walk_normalise: str = "minmax"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -108,6 +122,14 @@ class RefineParams:
             raise ValueError(f"background_power must be >= 0, got {self.background_power}")
         if self.background_power and self.method != "affinity":
             raise ValueError("background_power is a setting of the affinity random walk (--method affinity)")
+        if self.walk_normalise not in WALK_NORMALISATIONS:
+            raise ValueError(f"walk_normalise must be one of {', '.join(WALK_NORMALISATIONS)}, "
+                             f"got {self.walk_normalise!r}")
+        if self.method != "affinity" and (self.label_crf or self.walk_normalise != "minmax"):
+            raise ValueError("label_crf and walk_normalise are settings of the affinity refinement (--method affinity)")
+        if self.background_power and self.walk_normalise != "minmax":
+            raise ValueError("walk_normalise applies to the class maps walked alone; with background_power the "
+                             "output is the ratio against the walked background")
         if self.epochs < 1 or self.batch_size < 1 or self.dim < 1:
             raise ValueError("epochs, batch_size and dim must be >= 1")
 
@@ -122,12 +144,18 @@ class RefineParams:
         values = asdict(self)
         par = ("dilations", "w_rgb", "w_pos")
         learned = ("layers", "dim", "conf_fg", "conf_bg", "fg_margin", "bg_margin", "radius", "epochs", "lr",
-                   "batch_size", "seed", "beta", "walk_radius", "background_power")
+                   "batch_size", "seed", "beta", "walk_radius", "background_power", "label_crf", "walk_normalise")
         drop = learned if self.method == "par" else par
         values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if k not in drop}
+        # recorded only when used, so that folders (and heads) made before the options still resume
         if not self.background_power:
-            # recorded only when used, so that folders made before the option still resume
             values.pop("background_power", None)
+        if self.label_crf:
+            values["label_crf"] = CRFParams().to_dict()
+        else:
+            values.pop("label_crf", None)
+        if self.walk_normalise == "minmax":
+            values.pop("walk_normalise", None)
         values["iterations"] = self.steps
         return values
 
@@ -227,9 +255,13 @@ def _network_input(image: np.ndarray, meta: dict[str, Any], device: torch.device
 
 
 def _seed_grid(keys: np.ndarray, maps: np.ndarray, num_classes: int, fg: float, bg: float,
-               size: tuple[int, int]) -> torch.Tensor:
-    """int64 ``(h, w)`` seed labels (0 bg, 1 + class, 255 unsure) on the feature grid (nearest)."""
-    label = torch.from_numpy(pseudo_label(keys, maps, num_classes, fg, bg).astype(np.int64))
+               size: tuple[int, int], *, image: np.ndarray | None = None, crf: CRFParams | None = None) -> torch.Tensor:
+    """int64 ``(h, w)`` seed labels (0 bg, 1 + class, 255 unsure) on the feature grid (nearest).
+
+    With ``crf`` (and the native uint8 ``image`` ``(H, W, 3)``), the labels of IRN's
+    ``cam_to_ir_label``, made at native size before the resize: :func:`pseudo_label` with a dense
+    CRF on both threshold segmentations."""
+    label = torch.from_numpy(pseudo_label(keys, maps, num_classes, fg, bg, image=image, crf=crf).astype(np.int64))
     return F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
 
 
@@ -292,6 +324,10 @@ def refine_cams(
     settings = params.to_dict()
     if params.method == "affinity":
         settings["conf_fg"], settings["conf_bg"] = seed_thresholds(params, cams_dir)
+    if params.label_crf:
+        from gainet.wsss.crf import _densecrf
+
+        _densecrf()  # one line before any work when the package is missing
     refined_meta = {**meta, "source": str(cams_dir.resolve()), "refinement": settings,
                     "data": {**meta["data"], **({"root": str(data_root)} if data_root else {})}}
     io.claim_folder(output, refined_meta, ["source", "data", "refinement"], overwrite)
@@ -369,9 +405,28 @@ def _refine_chunk(chunk: list, params: RefineParams, meta: dict[str, Any], tap: 
         refined = F.interpolate(walked, size=(height, width), mode="bilinear", align_corners=False)
         if background:  # the ratio against the walked background is the output, not renormalised
             refined = background_scores(refined[:, 1:].clamp(min=0), refined[:, :1].clamp(min=0))
-    finish = (lambda maps: maps) if background else normalise_maps
+    if background:  # the ratios, as they are
+        finish = lambda maps: maps  # noqa: E731
+    elif params.method == "par":
+        finish = normalise_maps
+    else:
+        finish = lambda maps: walk_output(maps, params.walk_normalise)  # noqa: E731
     return [finish(refined[b, :keys.size]).cpu().numpy() if keys.size else maps
             for b, (_, keys, maps) in enumerate(chunk)]
+
+
+def walk_output(maps: torch.Tensor, mode: str) -> torch.Tensor:
+    """One image's walked class maps ``(K, H, W)`` (averages of maps in [0, 1]) as written:
+    ``minmax`` each map to [0, 1] (:func:`~gainet.core.normalise_maps`), ``max`` divided by the
+    largest value of all K maps (IRN; all-zero maps stay 0), ``none`` clipped to [0, 1] (float
+    error only). Returns ``(K, H, W)`` in [0, 1]."""
+    if mode == "minmax":
+        return normalise_maps(maps)
+    if mode == "max":
+        return maps.clamp(min=0) / maps.max().clamp(min=1e-12)
+    if mode == "none":
+        return maps.clamp(0.0, 1.0)
+    raise ValueError(f"walk_normalise must be one of {', '.join(WALK_NORMALISATIONS)}, got {mode!r}")
 
 
 def _affinity_model(meta, dataset, folder: Path, output: Path, settings: dict[str, Any], params: RefineParams,
@@ -400,11 +455,13 @@ def _affinity_model(meta, dataset, folder: Path, output: Path, settings: dict[st
     grid = tuple(probe[0].shape[-2:])
     inputs, seeds = [], []
     fg, bg = settings["conf_fg"], settings["conf_bg"]
+    crf = CRFParams() if params.label_crf else None
     for _, item in progress_bar(io.iterate(dataset), total=dataset.wsss_size, desc="affinity seeds",
                                 enabled=progress):
         keys, maps = io.load_cams(io.item_path(folder, item.image_id, ".npy"))
         inputs.append(_network_input(item.image, meta, device))
-        seeds.append(_seed_grid(keys, maps, len(meta["classes"]), fg, bg, grid).to(device))
+        seeds.append(_seed_grid(keys, maps, len(meta["classes"]), fg, bg, grid, image=item.image if crf else None,
+                                crf=crf).to(device))
     losses = train_affinity(tap, head, inputs, seeds, params, progress=progress)
     torch.save({"settings": json.loads(json.dumps(settings)), "head": head.state_dict(), "losses": losses}, path)
     return tap, head, losses
