@@ -104,9 +104,12 @@ def measure_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
         rows.append(_row(name, accuracy, diagnosis))
         if name == "reference" or name.endswith("-reference"):
             continue
+        cached_only = bool(args.fix_models) and name not in args.fix_models
         for way in args.ways:
             for count in args.counts if way == "dfr" else args.guidance_counts:
                 fixed = out / name / f"fix-{way}-{count.replace('%', 'pct')}"
+                if cached_only and not (fixed / "fix.json").is_file():
+                    continue
                 record = _fix(fixed, way, count, seed, **subject)
                 accuracy = _evaluate(fixed / "fixed.pt", fixed / "evaluate")
                 rows.append(_row(f"{name} + fix {way}, boxes on {count}", accuracy,
@@ -216,6 +219,9 @@ def main() -> None:
     parser.add_argument("--outside", action="append", default=[], metavar="NAME=MODEL:WEIGHTS_PATTERN",
                         help="a state dict trained elsewhere ({seed} in the pattern); NAME-reference is not "
                              "fixed and is the reference of NAME's fixes (e.g. the same architecture on unbiased data)")
+    parser.add_argument("--fix-models", nargs="+", default=None, metavar="NAME",
+                        help="fix only these models (cam, an --outside NAME; default: every one but the references); "
+                             "the others are diagnosed and scored, and only their cached fixes enter the table")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
