@@ -37,7 +37,7 @@ def add_demo_command(commands: Any) -> None:
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--threads", type=int, default=None, help="CPU threads")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    demo.add_argument("--faithfulness", type=int, default=32, metavar="N",
+    demo.add_argument("--faithfulness", type=int, default=24, metavar="N",
                       help="attention part: deletion / insertion AUC and ROAD of each method's maps and of its "
                            "class-agnostic map on the first N test images (0: off; docs/faithfulness.md)")
     demo.set_defaults(func=cmd_demo)

@@ -43,9 +43,10 @@ DEMO_METHOD_SETTINGS: dict[str, dict[str, Any]] = {
 TABLE_COLUMNS = ("method", "mAP", "cam_miou", "cam_threshold", "coverage", "precision", "pointing", "part_coverage",
                  "body_coverage", "wrong_class_coverage", "deletion_auc", "insertion_auc", "road", "minutes")
 # Test images whose maps get the faithfulness metrics (docs/faithfulness.md), per method and for its
-# class-agnostic map: ~61 forward passes and 18 imputations per map, so few; 32 images of the
-# 64 px world cost about 15 s per method on one loaded core (measured), ~1 minute for the four.
-DEMO_FAITHFULNESS_IMAGES = 32
+# class-agnostic map: ~61 forward passes and 18 imputations per map, so few: 24 images of the
+# 64 px world cost 76 s for the four methods on one thread of the loaded 2-core machine (measured,
+# docs/faithfulness.md), which keeps the demo under 8 minutes even at that rate.
+DEMO_FAITHFULNESS_IMAGES = 24
 
 
 def demo_config(method: str, output_dir: Path, *, epochs: int | None, seed: int, threads: int | None,
