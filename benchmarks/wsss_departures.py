@@ -8,7 +8,7 @@ training images), one row per ``refine-cams --method affinity`` variant, each sc
 whose output is AffinityNet's argmax (``--walk-background``), also at threshold 0.5, the fixed
 decision those papers use:
 
-- ``affinity``: the default (raw seeds, class maps walked alone, min-max renormalised);
+- ``affinity``: the default before issue 31 (raw seeds, class maps walked alone, min-max renormalised);
 - ``affinity-unnormalised``: the same head and walk, maps written as walked (``--walk-normalise none``);
 - ``affinity-max``: the same, divided by the image's largest walked value (IRN's, ``--walk-normalise max``);
 - ``affinity-bgP``: the same head, AffinityNet's background ``(1 - max_k M_k)^P`` walked with the
@@ -47,12 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from wsss import WORLD_DEFAULTS, classifier_config  # noqa: E402  (a sibling script, not a package)
 
 # name -> (refine-cams options, name of the row whose trained head it reuses, or None)
+# (label_crf spelled out: the rows keep their meaning whatever refine-cams' default)
 VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
-    "affinity": ({}, None),
-    "affinity-unnormalised": ({"walk_normalise": "none"}, "affinity"),
-    "affinity-max": ({"walk_normalise": "max"}, "affinity"),
-    "affinity-bg1": ({"background_power": 1.0}, "affinity"),
-    "affinity-bg16": ({"background_power": 16.0}, "affinity"),
+    "affinity": ({"label_crf": False}, None),
+    "affinity-unnormalised": ({"label_crf": False, "walk_normalise": "none"}, "affinity"),
+    "affinity-max": ({"label_crf": False, "walk_normalise": "max"}, "affinity"),
+    "affinity-bg1": ({"label_crf": False, "background_power": 1.0}, "affinity"),
+    "affinity-bg16": ({"label_crf": False, "background_power": 16.0}, "affinity"),
     "affinity-crfseeds": ({"label_crf": True}, None),
     "affinity-crfseeds-bg16": ({"label_crf": True, "background_power": 16.0}, "affinity-crfseeds"),
     "par": ({"method": "par"}, None),  # the training-free refinement, the issue's other bar

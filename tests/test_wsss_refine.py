@@ -225,7 +225,7 @@ def test_refine_cams_par_and_affinity_through_the_cli(seeds: Path, capsys) -> No
     cams = seeds / "cams"
     for method in ("par", "affinity"):
         out = seeds / f"refined-{method}"
-        extra = ["--epochs", "2", "--iterations", "8"] if method == "affinity" else []
+        extra = ["--epochs", "2", "--iterations", "8", "--no-label-crf"] if method == "affinity" else []
         assert main(["refine-cams", "--cams", str(cams), "--output", str(out), "--method", method, *extra,
                      "--no-progress"]) == 0
         assert "16 written" in capsys.readouterr().out
@@ -272,14 +272,14 @@ def test_affinity_with_a_background_map_reuses_the_head_and_scores_against_it(se
     import shutil
 
     plain = seeds / "bg-plain"
-    params = RefineParams(method="affinity", epochs=1, iterations=8)
+    params = RefineParams(method="affinity", epochs=1, iterations=8, label_crf=False)
     refine_cams(seeds / "cams", plain, params, progress=False)
     out = seeds / "bg-walk"
     out.mkdir()
     shutil.copy(plain / "affinity.pt", out / "affinity.pt")
     stamp = (out / "affinity.pt").stat().st_mtime_ns
     result = refine_cams(seeds / "cams", out, RefineParams(method="affinity", epochs=1, iterations=8,
-                                                           background_power=4.0), progress=False)
+                                                           background_power=4.0, label_crf=False), progress=False)
     assert result["written"] == 16 and (out / "affinity.pt").stat().st_mtime_ns == stamp  # not retrained
     assert json.loads((out / "meta.json").read_text())["refinement"]["background_power"] == 4.0
     peaks, changed = [], 0
@@ -316,7 +316,8 @@ def test_affinity_with_a_background_map_reuses_the_head_and_scores_against_it(se
     np.testing.assert_allclose(got, expected, atol=3e-3)  # float16 storage
     assert "background_power" not in json.loads((plain / "meta.json").read_text())["refinement"]
     assert main(["refine-cams", "--cams", str(seeds / "cams"), "--output", str(out), "--method", "affinity",
-                 "--epochs", "1", "--iterations", "8", "--background-power", "4", "--no-progress"]) == 0
+                 "--epochs", "1", "--iterations", "8", "--background-power", "4", "--no-label-crf",
+                 "--no-progress"]) == 0
 
 
 def test_refine_matches_its_own_function_on_the_seeds(seeds: Path) -> None:
@@ -365,7 +366,7 @@ def test_refine_cams_on_a_tiny_voc_layout_tree_keeps_native_sizes(tmp_path: Path
     assert main(["eval-cams", "--cams", str(out / "cams"), "--no-progress"]) == 0
     for method in ("par", "affinity"):
         assert main(["refine-cams", "--cams", str(out / "cams"), "--output", str(out / method), "--method", method,
-                     "--epochs", "1", "--iterations", "4", "--no-progress"]) == 0
+                     "--epochs", "1", "--iterations", "4", "--no-label-crf", "--no-progress"]) == 0
         for image_id in ("img_a", "img_b"):
             keys, maps = io.load_cams(out / method / "cams" / f"{image_id}.npy")
             assert maps.shape == (len(keys), *expected[image_id]["mask"].shape)
@@ -443,16 +444,22 @@ def test_label_crf_trains_the_head_on_irns_labels(seeds: Path, monkeypatch) -> N
 
     monkeypatch.setattr(refine_module, "train_affinity", spy)
     plain = seeds / "crf-plain"
-    refine_cams(seeds / "cams", plain, RefineParams(method="affinity", epochs=1, iterations=4), progress=False)
+    refine_cams(seeds / "cams", plain, RefineParams(method="affinity", epochs=1, iterations=4, label_crf=False),
+                progress=False)
     out = seeds / "crf-labels"
     out.mkdir()
     shutil.copy(plain / "affinity.pt", out / "affinity.pt")  # another head's file: must not be taken
     params = RefineParams(method="affinity", epochs=1, iterations=4, label_crf=True)
     assert refine_cams(seeds / "cams", out, params, progress=False)["written"] == 16
     assert set(captured) == {False, True}
-    # the CLI's --label-crf is the same setting: the finished folder resumes with nothing to do
+    # the default, in the library and the CLI (with or without --label-crf): the finished folder
+    # resumes with nothing to do; --no-label-crf is other settings
+    assert RefineParams(method="affinity").label_crf
+    for flag in (["--label-crf"], []):
+        assert main(["refine-cams", "--cams", str(seeds / "cams"), "--output", str(out), "--method", "affinity",
+                     "--epochs", "1", "--iterations", "4", *flag, "--no-progress"]) == 0
     assert main(["refine-cams", "--cams", str(seeds / "cams"), "--output", str(out), "--method", "affinity",
-                 "--epochs", "1", "--iterations", "4", "--label-crf", "--no-progress"]) == 0
+                 "--epochs", "1", "--iterations", "4", "--no-label-crf", "--no-progress"]) == 2
     meta = json.loads((out / "meta.json").read_text())
     assert meta["refinement"]["label_crf"]["gt_prob"] == 0.7
     assert "label_crf" not in json.loads((plain / "meta.json").read_text())["refinement"]
@@ -488,8 +495,8 @@ def test_walk_normalise_and_the_background_comparison_on_the_same_scale(seeds: P
         if head is not None:
             out.mkdir()
             shutil.copy(head, out / "affinity.pt")
-        refine_cams(seeds / "cams", out, RefineParams(method="affinity", epochs=1, iterations=8, **options),
-                    progress=False)
+        refine_cams(seeds / "cams", out, RefineParams(method="affinity", epochs=1, iterations=8, label_crf=False,
+                                                      **options), progress=False)
         head = head or out / "affinity.pt"
         folders[name] = out
     assert json.loads((folders["max"] / "meta.json").read_text())["refinement"]["walk_normalise"] == "max"
@@ -514,10 +521,11 @@ def test_walk_normalise_and_the_background_comparison_on_the_same_scale(seeds: P
     # through the normalisation alone
     assert single >= 8 and renormalised >= 8
     assert main(["refine-cams", "--cams", str(seeds / "cams"), "--output", str(folders["max"]), "--method",
-                 "affinity", "--epochs", "1", "--iterations", "8", "--walk-normalise", "max", "--no-progress"]) == 0
+                 "affinity", "--epochs", "1", "--iterations", "8", "--walk-normalise", "max", "--no-label-crf",
+                 "--no-progress"]) == 0
     with pytest.raises(ValueError, match="walk_normalise"):
         RefineParams(method="affinity", walk_normalise="sum")
     with pytest.raises(ValueError, match="ratio"):
         RefineParams(method="affinity", walk_normalise="none", background_power=1.0)
     with pytest.raises(ValueError, match="affinity"):
-        RefineParams(method="par", label_crf=True)
+        RefineParams(method="par", walk_normalise="none")

@@ -174,9 +174,10 @@ def add_refine_command(commands: Any) -> None:
                         help="affinity, without --background-power: how the walked maps are written: minmax (each "
                              "map to [0, 1]), max (divided by the image's largest walked value, IRN's), none (as "
                              "walked) (default: %(default)s)")
-    refine.add_argument("--label-crf", action="store_true",
+    refine.add_argument("--label-crf", action=argparse.BooleanOptionalAction, default=True,
                         help="affinity: train the head on IRN's labels: the seeds at --conf-fg and at --conf-bg each "
-                             "refined by a dense CRF (pseudo-labels --crf's kernels; needs pydensecrf2)")
+                             "refined by a dense CRF (pseudo-labels --crf's kernels; needs pydensecrf2); "
+                             "--no-label-crf: the raw seeds' labels (default: on)")
     refine.add_argument("--data-root", default=None, help="override the dataset directory")
     refine.add_argument("--overwrite", action="store_true", help="redo every file (and retrain the head)")
     refine.add_argument("--device", default="cpu", help="cpu or cuda")
