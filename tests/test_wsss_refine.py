@@ -455,6 +455,7 @@ def test_label_crf_trains_the_head_on_irns_labels(seeds: Path, monkeypatch) -> N
     # the default, in the library and the CLI (with or without --label-crf): the finished folder
     # resumes with nothing to do; --no-label-crf is other settings
     assert RefineParams(method="affinity").label_crf
+    assert "label_crf" not in RefineParams(method="par").to_dict()  # PAR folders made before still resume
     for flag in (["--label-crf"], []):
         assert main(["refine-cams", "--cams", str(seeds / "cams"), "--output", str(out), "--method", "affinity",
                      "--epochs", "1", "--iterations", "4", *flag, "--no-progress"]) == 0

@@ -153,7 +153,7 @@ class RefineParams:
         # recorded only when used, so that folders (and heads) made before the options still resume
         if not self.background_power:
             values.pop("background_power", None)
-        if self.label_crf:
+        if self.label_crf and self.method == "affinity":
             values["label_crf"] = CRFParams().to_dict()
         else:
             values.pop("label_crf", None)
