@@ -101,8 +101,10 @@ class GAIN(nn.Module):
         counterfactual_batchnorm: how the ``counterfactuals`` rows of :meth:`forward` meet
             BatchNorm. ``"own"`` (default): a second backbone call in which the rows are normalised
             with their own batch statistics, running buffers untouched (the originals' forward is
-            exactly a plain one; a lone row in one process: the running statistics). ``"shared"``: one call over images + rows, one set of statistics
-            (running ones moved by both); measured 5 points worse on decorrelated data (issue 34).
+            exactly a plain one; a lone row in one process: the running statistics).
+            ``"shared"``: one call over images + rows, one set of statistics (running ones moved
+            by both). Issue 34, 3 seeds: ``"own"`` 5.6 points of decorrelated accuracy ahead on a
+            10-class garment world, 1.7 behind on the bias world, level on 4 garment classes.
         weights_grad: let losses differentiate through the Grad-CAM weights ``w^c`` as well
             (second-order gradient). Default ``False``: ``w^c`` is a constant, as in Grad-CAM and
             METHOD.md ("computing w uses back-propagation but does NOT update weights"); ``A^c``
@@ -273,10 +275,9 @@ class GAIN(nn.Module):
             scores, features = self.backbone(torch.cat([images, rows]))
             return scores, features, scores, features
         scores, features = self.backbone(images)
-        if rows is None or self.counterfactual_batchnorm == "shared" or (
-                rows.shape[0] == 0 and not synchronising_modules(self.backbone.model)):
+        synchronising = bool(rows is not None and synchronising_modules(self.backbone.model))
+        if rows is None or self.counterfactual_batchnorm == "shared" or (rows.shape[0] == 0 and not synchronising):
             return scores, features, scores, features  # no row, and no collective to keep in step
-        synchronising = synchronising_modules(self.backbone.model)
         # A lone row has no batch statistics (at a 1 x 1 map BatchNorm refuses it): it is normalised
         # with the running ones. Under a synchronising BatchNorm the statistics are the rows of every
         # rank, and the mode may not depend on this rank's count.
