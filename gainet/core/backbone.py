@@ -8,7 +8,7 @@ computes its scores, so no second pass and no re-implementation of the model's f
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Iterator
 
 import torch
@@ -79,6 +79,16 @@ def batchnorm_in_eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module in switched:
             module.train(True)
+
+
+def own_batch_statistics(model: nn.Module, rows: int, *, synchronising: bool = False) -> AbstractContextManager[None]:
+    """The BatchNorm context for ``rows`` extra images run as a batch of their own: their own batch
+    statistics, running buffers untouched; a lone row (one process) has no batch statistics (at a
+    1 x 1 map BatchNorm refuses it) and is normalised with the running ones. Under a synchronising
+    BatchNorm the statistics pool every rank's rows, and the mode may not depend on this rank's count."""
+    if rows == 1 and not synchronising:
+        return batchnorm_in_eval_mode(model)
+    return batchnorm_with_batch_stats_only(model)
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from gainet.core.backbone import (
     batchnorm_in_eval_mode,
     batchnorm_with_batch_stats_only,
     call_with_constant_parameters,
+    own_batch_statistics,
 )
 from gainet.core.collectives import agreed_maximum, synchronising_modules
 from gainet.core.losses import (
@@ -278,11 +279,7 @@ class GAIN(nn.Module):
         synchronising = bool(rows is not None and synchronising_modules(self.backbone.model))
         if rows is None or self.counterfactual_batchnorm == "shared" or (rows.shape[0] == 0 and not synchronising):
             return scores, features, scores, features  # no row, and no collective to keep in step
-        # A lone row has no batch statistics (at a 1 x 1 map BatchNorm refuses it): it is normalised
-        # with the running ones. Under a synchronising BatchNorm the statistics are the rows of every
-        # rank, and the mode may not depend on this rank's count.
-        alone = rows.shape[0] == 1 and not synchronising
-        with (batchnorm_in_eval_mode if alone else batchnorm_with_batch_stats_only)(self.backbone.model):
+        with own_batch_statistics(self.backbone.model, rows.shape[0], synchronising=synchronising):
             row_scores, row_features = self.backbone(rows)
         return torch.cat([scores, row_scores]), torch.cat([features, row_features]), scores, features
 

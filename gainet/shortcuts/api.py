@@ -220,7 +220,7 @@ def finetune(model: nn.Module, annotated: AnnotatedImages, train: tuple[Tensor, 
     Returns:
         ``{"steps", "epochs", "rows_per_step", "final_loss"}``.
     """
-    from gainet.core.backbone import batchnorm_in_eval_mode, batchnorm_with_batch_stats_only
+    from gainet.core.backbone import own_batch_statistics
     from gainet.core.batch_transforms import ContextOnly, ContextSwap
     from gainet.shortcuts.heads import head_loss
 
@@ -245,9 +245,8 @@ def finetune(model: nn.Module, annotated: AnnotatedImages, train: tuple[Tensor, 
             loss = head_loss(logits, originals, multi_label)
             if extra.shape[0]:
                 # The rows are a BatchNorm batch of their own, as in the trainer (GAIN's
-                # counterfactual_batchnorm="own", issue 34); a lone row takes the running statistics.
-                own = batchnorm_in_eval_mode if extra.shape[0] == 1 else batchnorm_with_batch_stats_only
-                with own(model):
+                # counterfactual_batchnorm="own", issue 34).
+                with own_batch_statistics(model, extra.shape[0]):
                     extra_logits = _logits(model(extra.to(device)))
                 loss = loss + head_loss(extra_logits, targets.to(logits.device), multi_label)
             optimizer.zero_grad()
