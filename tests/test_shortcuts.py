@@ -357,18 +357,26 @@ def test_diagnose_and_fix_commands_write_their_files_and_keep_them(reader_checkp
     assert main(["diagnose", *common, "--output-dir", str(out)]) != 0  # a finished output is kept
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "--overwrite" in error and "diagnosis" in error
-    for way in ("dfr", "guidance"):
+    for way in ("dfr", "guidance", "auto"):
         fixed = tmp_path / way
-        assert main(["fix", *common, "--way", way, "--supervised-count", "10%", "--epochs", "1",
+        count = 26 if way == "auto" else 13  # auto holds a quarter out: at least 4 to choose on
+        assert main(["fix", *common, "--way", way, "--supervised-count", f"{count}", "--epochs", "1",
                      "--output-dir", str(fixed)]) == 0
         record = json.loads((fixed / "fix.json").read_text())
-        assert record["way"] == way and record["supervised_count"] == 13 and record["fix_seconds"] > 0
+        assert record["way"] == way and record["supervised_count"] == count and record["fix_seconds"] > 0
         # the annotated images come from the training split, never from the held-out one under test
-        assert len(record["annotated_ids"]) == 13 and all(i.startswith("bias-train-") for i in record["annotated_ids"])
+        assert len(record["annotated_ids"]) == count and all(i.startswith("bias-train-") for i in record["annotated_ids"])
         assert record["before"]["gap"] == pytest.approx(result["gap"])  # the same held-out test before
         assert (fixed / "after" / "diagnosis.json").is_file()
         metrics = evaluate_checkpoint(fixed / "fixed.pt", splits=["test_decorrelated"], output_dir=tmp_path / "ev")
         assert 0.0 <= metrics["splits"]["test_decorrelated"]["accuracy"] <= 1.0
+    details = json.loads((tmp_path / "auto" / "fix.json").read_text())["details"]
+    names = [c["name"] for c in details["candidates"]]
+    # auto: every candidate scored on the held-out quarter, the best group-balanced one chosen and said how sure
+    assert details["chosen"] in names and details["held_out_images"] >= 4 and 0.0 <= details["stability"] <= 1.0
+    best = max(details["candidates"][1:], key=lambda c: (c["balanced"], c["worst_group"]))
+    assert best["balanced"] == next(c for c in details["candidates"] if c["name"] == details["chosen"])["balanced"]
+    assert "How sure" in (tmp_path / "auto" / "fix.md").read_text()
     dfr = torch.load(tmp_path / "dfr" / "fixed.pt", weights_only=True)
     original = torch.load(reader_checkpoint, weights_only=True)
     changed = [k for k in original["model"] if not torch.equal(original["model"][k], dfr["model"][k])]
