@@ -397,6 +397,7 @@ class Fixer:
                                      way="guidance-dfr", epochs=epoch))
         best = choose(candidates, DEFAULT_RULE)
         earlier = choose(candidates, "worst-group")
+        position = next(i for i, c in enumerate(candidates) if c is best)
         # How sure: the same choice on resamples of the held-out images.
         draws = selection.bootstrap([c["right"] for c in candidates], seed=self.seed)
         low, high = torch.quantile(draws, 0.025, dim=0), torch.quantile(draws, 0.975, dim=0)
@@ -405,7 +406,7 @@ class Fixer:
                   for i, c in enumerate(candidates)]
         details = {"way": best["way"], "chosen": best["name"], "epochs": best.get("epochs"), "rule": DEFAULT_RULE,
                    "chosen_by_worst_group": earlier["name"],
-                   "stability": stability(draws, candidates.index(best)), "fit_images": len(fit),
+                   "stability": stability(draws, position), "fit_images": len(fit),
                    "held_out_images": len(held), "selection_images": int(selection.images.shape[0]),
                    "candidates": table, "train_output": str(self.output / "train")}
         # As DFR does once its regulariser is chosen: the chosen way, refit on every annotated image
