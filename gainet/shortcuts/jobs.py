@@ -372,8 +372,8 @@ class Fixer:
         return fixed, details
 
     def choose(self, annotated: AnnotatedImages, *, max_epochs: int) -> tuple[Subject, dict[str, Any]]:
-        from gainet.shortcuts.select import (DEFAULT_RULE, MIN_HELD_OUT, SelectionSet, choose, hold_out,
-                                             stability)
+        from gainet.shortcuts.select import (BOOTSTRAP_RESAMPLES, DEFAULT_RULE, MIN_HELD_OUT, SelectionSet, choose,
+                                             hold_out, stability)
 
         fit_rows, held_rows = hold_out(annotated, seed=self.seed)
         if held_rows.numel() < MIN_HELD_OUT or fit_rows.numel() < MIN_FIX_IMAGES:
@@ -382,11 +382,10 @@ class Fixer:
                              f"{MIN_HELD_OUT}) and {fit_rows.numel()} to fit on (needs {MIN_FIX_IMAGES}); annotate more "
                              "images or give --way")
         fit, held = annotated.subset(fit_rows), annotated.subset(held_rows)
-        selection = SelectionSet.build(held, fit, seed=self.seed)
+        selection = SelectionSet.build(held, multi_label=self.subject.multi_label, seed=self.seed)
 
         def scored(name: str, subject: Subject, **extra: Any) -> dict[str, Any]:
-            scores = selection.score(subject.gain, multi_label=subject.multi_label, batch_size=self.batch_size,
-                                     device=subject.device)
+            scores = selection.score(subject.gain, batch_size=self.batch_size, device=subject.device)
             return {"name": name, "right": scores.pop("right"), "scores": scores, "subject": subject, **extra}
 
         baseline = scored("none (the model as it is)", self.subject)
@@ -398,16 +397,19 @@ class Fixer:
         best = choose(candidates, DEFAULT_RULE)
         earlier = choose(candidates, "worst-group")
         position = next(i for i, c in enumerate(candidates) if c is best)
-        # How sure: the same choice on resamples of the held-out images.
-        draws = selection.bootstrap([c["right"] for c in candidates], seed=self.seed)
-        low, high = torch.quantile(draws, 0.025, dim=0), torch.quantile(draws, 0.975, dim=0)
+        # How sure: the same choice on resamples of the held-out images, and the chosen candidate's
+        # lead over each other one on the same resamples (paired, so a shared swing cancels).
+        draws = selection.bootstrap([c["right"] for c in candidates], resamples=BOOTSTRAP_RESAMPLES, seed=self.seed)
+        lead = draws[:, position:position + 1] - draws
+        low, high = torch.quantile(lead, 0.025, dim=0), torch.quantile(lead, 0.975, dim=0)
         table = [{"name": baseline["name"], **baseline["scores"]}]
-        table += [{"name": c["name"], **c["scores"], "interval": [float(low[i]), float(high[i])]}
+        table += [{"name": c["name"], **c["scores"], "lead": [float(low[i]), float(high[i])] if i != position else None}
                   for i, c in enumerate(candidates)]
         details = {"way": best["way"], "chosen": best["name"], "epochs": best.get("epochs"), "rule": DEFAULT_RULE,
                    "chosen_by_worst_group": earlier["name"],
-                   "stability": stability(draws, position), "fit_images": len(fit),
-                   "held_out_images": len(held), "selection_images": int(selection.images.shape[0]),
+                   "stability": stability(draws, position), "resamples": BOOTSTRAP_RESAMPLES,
+                   "fit_images": len(fit),
+                   "held_out_images": len(held), "selection_images": len(selection),
                    "candidates": table, "train_output": str(self.output / "train")}
         # As DFR does once its regulariser is chosen: the chosen way, refit on every annotated image
         # (the held-out quarter too), so choosing costs no annotation.
@@ -448,18 +450,20 @@ def fix_markdown(record: dict[str, Any]) -> str:
         lines += [f"## How the fix was chosen: {details['chosen']}", "",
                   f"{details['held_out_images']} of the annotated images held out; each candidate fit on the other "
                   f"{details['fit_images']} and scored on {details['selection_images']} counterfactuals of the held-out "
-                  "ones (each object on contexts of every class, each context alone). Chosen by the group-balanced "
-                  "accuracy: the mean over the (object class, context class) groups and each class's contexts "
-                  "alone (right when not named as their class)."]
+                  "ones (each object on held-out contexts of every class, each context alone). Chosen by the "
+                  "group-balanced accuracy: the mean over the (object class, context class) groups and each "
+                  "class's contexts alone (right when not named as their class, at most at chance)."]
         if details.get("stability") is not None:
-            lines += ["", f"How sure: the same choice on {100 * details['stability']:.0f}% of 200 resamples of the "
-                          f"held-out images (95% intervals below). DFR's rule (worst group first) would have chosen: "
+            lines += ["", f"How sure: the chosen candidate is the best by group-balanced accuracy on "
+                          f"{100 * details['stability']:.0f}% of {details.get('resamples', 'the')} resamples of the "
+                          "held-out images (within each class); its lead over each other candidate on the same "
+                          "resamples is the 95% interval below. DFR's rule (worst group first) would have chosen: "
                           f"{details.get('chosen_by_worst_group', 'n/a')}."]
-        lines += ["", "| candidate | group-balanced | 95% interval | worst group | mean group | context alone named |",
-                  "|---|---:|---|---:|---:|---:|"]
+        lines += ["", "| candidate | group-balanced | lead of the chosen, 95% | worst group | mean group | "
+                      "context alone named |", "|---|---:|---|---:|---:|---:|"]
         for c in candidates:
-            interval = c.get("interval")
-            span = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+            interval = c.get("lead")
+            span = f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else ""
             lines.append(f"| {c['name']} | {markdown_number(c.get('balanced'))} | {span} | "
                          f"{markdown_number(c['worst_group'])} | {markdown_number(c['mean_group'])} | "
                          f"{markdown_number(c['context_rate'])} |")
