@@ -23,7 +23,21 @@ decision those papers use:
 Rows whose head settings equal another's reuse its ``affinity.pt`` (the walk alone differs).
 Every stage resumes per file; a re-run prints the table from what is on disk.
 
+``--seed-scales 1,1.5 0.5,1,1.5,2`` adds seed rows made at those ``make-cams --scales`` (stride 16 +
+flip as the seeds), scored by ``eval-cams`` like every row (multi-scale against single-scale seeds);
+``--refine-scaled affinity-crfseeds`` also refines each of them as that row refines the scale-1 seeds.
+
+``--segment VARIANT ...`` adds ``benchmarks/wsss.py``'s segmentation stage on those rows' maps:
+``pseudo-labels`` (fg = the folder's best ``t``, bg = t - 0.1), with and without ``--crf``; one
+``train-seg`` per label set with the oracle row's recipe (``seg_config``: LR-ASPP EfficientNet-Lite0
+from ImageNet, 128 px, 5 epochs, AdamW 3e-3, poly, batch 16, the seed's seed); ``eval-seg`` on the
+first 300 val images, with and without CRF inference; and the oracle (the same network on the
+ground-truth masks of the same 600 images, ``seed*/oracle/``), so each seed is compared with its
+own oracle.
+
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/wsss_departures.py --seeds 0 --output runs/wsss-departures
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/wsss_departures.py --seeds 0 1 2 \\
+        --variants affinity-crfseeds --segment affinity-crfseeds
 """
 
 from __future__ import annotations
@@ -41,10 +55,18 @@ import torch
 
 from gainet.evaluation.report import markdown_table
 from gainet.training.trainer import train
+from gainet.wsss import data as io
 from gainet.wsss.cams import EVAL_CAMS_JSON, eval_cams, make_cams
+from gainet.wsss.crf import crf_available
+from gainet.wsss.pseudo_labels import make_pseudo_labels
+from gainet.wsss.seg_trainer import evaluate_segmentation, train_seg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wsss import WORLD_DEFAULTS, classifier_config  # noqa: E402  (a sibling script, not a package)
+# a sibling script, not a package: the classifier, the segmentation recipe and the oracle's labels
+from wsss import WORLD_DEFAULTS, classifier_config, ground_truth_labels, seg_config  # noqa: E402
+
+VAL_IMAGES = 300  # eval-seg's ground-truth val images (benchmarks/wsss.py's --val-images)
+BAND = 0.1  # pseudo-labels: bg = fg - BAND (benchmarks/wsss.py's --band)
 
 # name -> (refine-cams options, name of the row whose trained head it reuses, or None)
 # (label_crf spelled out: the rows keep their meaning whatever refine-cams' default)
@@ -64,18 +86,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     from gainet.wsss.refine import AFFINITY_FILE, RefineParams, refine_cams
 
     out = Path(args.output) / f"seed{seed}" / args.method.replace("/", "_")
-    times_path = out / "timings.json"
-    times = json.loads(times_path.read_text()) if times_path.is_file() else {}
-
-    def clock(name: str, compute):
-        started = time.perf_counter()
-        result = compute()
-        if name not in times:
-            times[name] = time.perf_counter() - started
-            out.mkdir(parents=True, exist_ok=True)
-            times_path.write_text(json.dumps(times, indent=2))
-        return result
-
+    clock, times = stage_clock(out)
     namespace = argparse.Namespace(**{**WORLD_DEFAULTS["garments"], "world": "garments", "seed": seed,
                                       "threads": 1, "progress": args.progress, "width": 16})
     config = classifier_config(args.method, namespace, out)
@@ -88,7 +99,24 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     seeds = (json.loads(stored.read_text()) if stored.is_file() and not made["written"]
              else eval_cams(out / "cams", progress=args.progress))
     row: dict[str, Any] = {"seed": seed, "seeds_miou": seeds["best_miou"]}
-    for name in args.variants:
+    for scales in args.seed_scales:  # multi-scale seeds: the same layer and flip, more scales
+        name = scale_row(scales)
+        folder = out / f"cams-{name}"
+        made = clock(f"make-cams {name}", lambda: make_cams(checkpoint, folder, scales=scales, flip=True,
+                                                             attention_layer="stride16", device="cpu",
+                                                             progress=args.progress))
+        stored = folder / EVAL_CAMS_JSON
+        score(row, name, json.loads(stored.read_text()) if stored.is_file() and not made["written"]
+              else eval_cams(folder, progress=args.progress))
+        for variant in args.refine_scaled:  # the refinement on these seeds (its own head, trained on them)
+            refined = out / f"cams-{name}-{variant}"
+            params = RefineParams(**{"method": "affinity", "seed": seed, **VARIANTS[variant][0]})
+            result = clock(f"refine-cams {name}-{variant}", lambda: refine_cams(folder, refined, params,
+                                                                                progress=args.progress))
+            stored = refined / EVAL_CAMS_JSON
+            score(row, f"{name}-{variant}", json.loads(stored.read_text()) if stored.is_file() and not result["written"]
+                  else eval_cams(refined, progress=args.progress))
+    for name in dict.fromkeys([*args.variants, *args.segment]):
         options, parent = VARIANTS[name]
         folder = out / f"cams-{name}"
         if parent is not None and (out / f"cams-{parent}" / AFFINITY_FILE).is_file() \
@@ -101,17 +129,122 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         if result["written"]:  # the head's training and the walk apart (0 s of training: a reused head)
             for part in ("train", "refine"):
                 times.setdefault(f"refine-cams {name} {part}", result["seconds"][part])
-            times_path.write_text(json.dumps(times, indent=2))
+            (out / "timings.json").write_text(json.dumps(times, indent=2))
         # a finished folder's score is read back (its settings are fixed by meta.json and every
         # stage is deterministic); a folder refined by this run is scored now
         stored = folder / EVAL_CAMS_JSON
         scores = (json.loads(stored.read_text()) if stored.is_file() and not result["written"]
                   else eval_cams(folder, progress=args.progress))
-        row[name] = scores["best_miou"]
-        row[f"{name} t"] = scores["best_threshold"]
-        row[f"{name} @0.5"] = next(m for t, m in scores["curve"] if abs(t - 0.5) < 1e-6)
+        score(row, name, scores)
+    if args.segment:
+        row["segment"] = {"oracle": oracle(seed, namespace, args)}
+        for name in args.segment:
+            row["segment"][name] = segment(name, out, namespace, clock, args)
     row["minutes"] = {k: v / 60 for k, v in times.items()}
     return row
+
+
+def stage_clock(out: Path):
+    """``clock(name, compute)``: runs ``compute()`` and keeps its seconds in ``out/timings.json``
+    under ``name`` unless an earlier run stored them (the run that did the work keeps its time;
+    a resumed run's stages skip finished files). Returns ``(clock, times)``."""
+    times_path = out / "timings.json"
+    times = json.loads(times_path.read_text()) if times_path.is_file() else {}
+
+    def clock(name: str, compute):
+        started = time.perf_counter()
+        result = compute()
+        if name not in times:
+            times[name] = time.perf_counter() - started
+            out.mkdir(parents=True, exist_ok=True)
+            times_path.write_text(json.dumps(times, indent=2))
+        return result
+
+    return clock, times
+
+
+def scale_row(scales: list[float]) -> str:
+    """The row (and folder) name of seeds made at ``scales``: ``seeds-scales1-1.5``."""
+    return "seeds-scales" + "-".join(f"{s:g}" for s in scales)
+
+
+def score(row: dict[str, Any], name: str, scores: dict[str, Any]) -> None:
+    """``eval-cams``' best mIoU, its threshold and the mIoU at t = 0.5, into ``row``."""
+    row[name] = scores["best_miou"]
+    row[f"{name} t"] = scores["best_threshold"]
+    row[f"{name} @0.5"] = next(m for t, m in scores["curve"] if abs(t - 0.5) < 1e-6)
+
+
+def evaluate(checkpoint: Path, folder: Path, args: argparse.Namespace, clock, name: str) -> dict[str, float]:
+    """``eval-seg`` mIoU on the first VAL_IMAGES val images, plain and with CRF inference."""
+    result = {"seg_miou": clock(f"eval-seg {name}", lambda: evaluate_segmentation(
+        checkpoint, folder / "eval", limit=VAL_IMAGES, device="cpu", progress=args.progress))["miou"]}
+    result["seg_miou_crf"] = clock(f"eval-seg crf {name}", lambda: evaluate_segmentation(
+        checkpoint, folder / "eval-crf", limit=VAL_IMAGES, crf=True, device="cpu", progress=args.progress))["miou"]
+    return result
+
+
+def oracle(seed: int, namespace: argparse.Namespace, args: argparse.Namespace) -> dict[str, float]:
+    """The segmentation network of ``benchmarks/wsss.py``'s oracle row (the same recipe on the
+    ground-truth masks of the same training images), in ``seed*/oracle``."""
+    out = Path(args.output) / f"seed{seed}" / "oracle"
+    clock, times = stage_clock(out)
+    spec = io.data_spec("garments", "train", image_size=128, num_images=namespace.train_images)
+    ground_truth_labels(spec, out / "labels")
+    clock("train-seg", lambda: train_seg(seg_config(namespace, out / "labels", out / "seg")))
+    result = evaluate(out / "seg" / "last.pt", out, args, clock, "oracle")
+    return {**result, "minutes": {k: v / 60 for k, v in times.items()}}
+
+
+def segment(name: str, out: Path, namespace: argparse.Namespace, clock, args: argparse.Namespace) -> dict[str, Any]:
+    """``benchmarks/wsss.py``'s segmentation stage on row ``name``'s maps, for the pseudo labels
+    without (``plain``) and with (``crf``) the dense CRF: their scores, the network trained on
+    each, its ``eval-seg`` mIoU plain and with CRF inference."""
+    result: dict[str, Any] = {}
+    for labels_name, crf in (("plain", False), ("crf", True)):
+        tag = f"{name}{'-crf' if crf else ''}"
+        labels = clock(f"pseudo-labels {tag}", lambda: make_pseudo_labels(
+            out / f"cams-{name}", out / f"labels-{tag}", band=BAND, crf=crf, progress=args.progress))
+        clock(f"train-seg {tag}", lambda: train_seg(seg_config(namespace, out / f"labels-{tag}", out / f"seg-{tag}")))
+        result[labels_name] = {"fg_threshold": labels["fg_threshold"], "bg_threshold": labels["bg_threshold"],
+                               "label_miou": labels["eval"]["miou"],
+                               "label_precision": labels["eval"]["confident_precision"],
+                               "unsure": labels["eval"]["ignored_fraction"],
+                               **evaluate(out / f"seg-{tag}" / "last.pt", out / f"seg-{tag}", args, clock, tag)}
+    return result
+
+
+def mean_std(values: list[float], digits: int = 1) -> str:
+    return (f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}" if len(values) > 1
+            else f"{values[0]:.{digits}f} (one seed)")
+
+
+def segment_table(rows: list[dict[str, Any]], names: list[str]) -> str:
+    """One line per network: eval-seg mIoU per seed and mean ± std, the ratio to the same seed's
+    oracle (paired, mean ± std) against the issue's 0.8 x target, and the same with CRF inference."""
+    seeds = [f"seed {row['seed']}" for row in rows]
+    lines = []
+    for name in ["oracle", *names]:
+        for labels_name in ([None] if name == "oracle" else ["plain", "crf"]):
+            results = [row["segment"][name] if labels_name is None else row["segment"][name][labels_name]
+                       for row in rows]
+            oracles = [row["segment"]["oracle"] for row in rows]
+            seg = [100 * r["seg_miou"] for r in results]
+            ratio = [r["seg_miou"] / o["seg_miou"] for r, o in zip(results, oracles)]
+            ratio_crf = [r["seg_miou_crf"] / o["seg_miou_crf"] for r, o in zip(results, oracles)]
+            line = {"network trained on": "ground-truth masks (oracle)" if labels_name is None
+                    else f"{name} labels{' + CRF' if labels_name == 'crf' else ''}",
+                    **dict(zip(seeds, seg)), "mean ± std": mean_std(seg)}
+            if labels_name is not None:
+                line["label mIoU"] = mean_std([100 * r["label_miou"] for r in results])
+                line["x oracle"] = mean_std(ratio, 2)
+                line[">= 0.8 x oracle"] = ("met" if statistics.mean(ratio) >= 0.8 else "missed") + \
+                    f" ({sum(v >= 0.8 for v in ratio)}/{len(ratio)} seeds)"
+                line["x oracle, CRF inference"] = mean_std(ratio_crf, 2)
+            line["with CRF inference"] = mean_std([100 * r["seg_miou_crf"] for r in results])
+            lines.append(line)
+    return markdown_table(lines, ["network trained on", *seeds, "mean ± std", "label mIoU", "x oracle",
+                                  ">= 0.8 x oracle", "with CRF inference", "x oracle, CRF inference"], ".1f")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,15 +254,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="cam", help="classifier variant of benchmarks/ablation.py")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seed-scales", nargs="+", default=[], metavar="S1,S2,...",
+                        type=lambda text: [float(v) for v in text.split(",")],
+                        help="extra seed rows at these make-cams scales (comma-separated per row, e.g. 1,1.5)")
+    parser.add_argument("--refine-scaled", nargs="+", default=[], choices=[v for v in VARIANTS if v != "par"],
+                        metavar="VARIANT", help="also refine each --seed-scales row's seeds with these rows' "
+                                                "settings (a head of its own)")
+    parser.add_argument("--segment", nargs="+", default=[], choices=list(VARIANTS), metavar="VARIANT",
+                        help="pseudo labels (with and without the dense CRF), train-seg and eval-seg on these "
+                             "rows' maps, and the oracle (needs pydensecrf2)")
+    parser.add_argument("--tag", default="", help="results-METHOD-TAG.md/.json instead of results-METHOD.md "
+                                                   "(keeps another run's table)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.segment and not crf_available():
+        parser.error("--segment needs pydensecrf2 (pip install 'pydensecrf2==1.1')")
     torch.set_num_threads(1)
     rows = []
     for seed in args.seeds:
         rows.append(run_seed(seed, args))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     table = []
-    for name in ["seeds", *args.variants]:
+    scaled = [name for scales in args.seed_scales
+              for name in [scale_row(scales), *(f"{scale_row(scales)}-{v}" for v in args.refine_scaled)]]
+    for name in ["seeds", *scaled, *dict.fromkeys([*args.variants, *args.segment])]:
         key = "seeds_miou" if name == "seeds" else name
         values = [100 * row[key] for row in rows]
         line = {"row": name, **{f"seed {row['seed']}": v for row, v in zip(rows, values)}}
@@ -149,11 +297,22 @@ def main(argv: list[str] | None = None) -> int:
              "training, with the labels; \"refine\": the walk; a row reusing another's head trains nothing):\n\n"
              + markdown_table([{"stage": stage, **{f"seed {row['seed']}": row["minutes"].get(stage) for row in rows}}
                                for stage in stages], ["stage", *[f"seed {row['seed']}" for row in rows]], ".2f"))
+    if args.segment:
+        text += ("\n\nSegmentation (eval-seg mIoU on the first 300 val images; \"x oracle\": each seed over its own "
+                 "oracle, then mean ± std; labels: fg = the maps' best t, bg = t - 0.1):\n\n"
+                 + segment_table(rows, args.segment))
+        minutes = [row["segment"]["oracle"]["minutes"] for row in rows]
+        text += ("\n\nOracle CPU minutes (600 training images, 300 val images):\n\n"
+                 + markdown_table([{"stage": stage, **{f"seed {row['seed']}": m.get(stage)
+                                                       for row, m in zip(rows, minutes)}}
+                                   for stage in dict.fromkeys(k for m in minutes for k in m)],
+                                  ["stage", *[f"seed {row['seed']}" for row in rows]], ".2f"))
     print(text)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    (output / f"results-{args.method.replace('/', '_')}.md").write_text(text + "\n")
-    (output / f"results-{args.method.replace('/', '_')}.json").write_text(json.dumps(rows, indent=2))
+    stem = f"results-{args.method.replace('/', '_')}" + (f"-{args.tag}" if args.tag else "")
+    (output / f"{stem}.md").write_text(text + "\n")
+    (output / f"{stem}.json").write_text(json.dumps(rows, indent=2))
     return 0
 
 
