@@ -116,7 +116,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
             stored = refined / EVAL_CAMS_JSON
             score(row, f"{name}-{variant}", json.loads(stored.read_text()) if stored.is_file() and not result["written"]
                   else eval_cams(refined, progress=args.progress))
-    for name in dict.fromkeys([*args.variants, *args.segment]):
+    for name in dict.fromkeys(v for v in [*args.variants, *args.segment] if v in VARIANTS):
         options, parent = VARIANTS[name]
         folder = out / f"cams-{name}"
         if parent is not None and (out / f"cams-{parent}" / AFFINITY_FILE).is_file() \
@@ -166,6 +166,12 @@ def stage_clock(out: Path):
 def scale_row(scales: list[float]) -> str:
     """The row (and folder) name of seeds made at ``scales``: ``seeds-scales1-1.5``."""
     return "seeds-scales" + "-".join(f"{s:g}" for s in scales)
+
+
+def scaled_rows(args: argparse.Namespace) -> list[str]:
+    """The rows of ``--seed-scales``, each followed by its ``--refine-scaled`` rows."""
+    return [name for scales in args.seed_scales
+            for name in [scale_row(scales), *(f"{scale_row(scales)}-{v}" for v in args.refine_scaled)]]
 
 
 def score(row: dict[str, Any], name: str, scores: dict[str, Any]) -> None:
@@ -260,13 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refine-scaled", nargs="+", default=[], choices=[v for v in VARIANTS if v != "par"],
                         metavar="VARIANT", help="also refine each --seed-scales row's seeds with these rows' "
                                                 "settings (a head of its own)")
-    parser.add_argument("--segment", nargs="+", default=[], choices=list(VARIANTS), metavar="VARIANT",
+    parser.add_argument("--segment", nargs="+", default=[], metavar="ROW",
                         help="pseudo labels (with and without the dense CRF), train-seg and eval-seg on these "
-                             "rows' maps, and the oracle (needs pydensecrf2)")
+                             "rows' maps (a --variants name, or a --seed-scales row of the same command such "
+                             "as seeds-scales1-1.5-affinity-crfseeds), and the oracle (needs pydensecrf2)")
     parser.add_argument("--tag", default="", help="results-METHOD-TAG.md/.json instead of results-METHOD.md "
                                                    "(keeps another run's table)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
+    unknown = [name for name in args.segment if name not in VARIANTS and name not in scaled_rows(args)]
+    if unknown:
+        parser.error(f"--segment {unknown[0]}: not a row of --variants ({', '.join(VARIANTS)}) nor a "
+                     f"--seed-scales row of this command ({', '.join(scaled_rows(args)) or 'none'})")
     if args.segment and not crf_available():
         parser.error("--segment needs pydensecrf2 (pip install 'pydensecrf2==1.1')")
     torch.set_num_threads(1)
@@ -275,9 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_seed(seed, args))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     table = []
-    scaled = [name for scales in args.seed_scales
-              for name in [scale_row(scales), *(f"{scale_row(scales)}-{v}" for v in args.refine_scaled)]]
-    for name in ["seeds", *scaled, *dict.fromkeys([*args.variants, *args.segment])]:
+    for name in dict.fromkeys(["seeds", *scaled_rows(args), *args.variants, *args.segment]):
         key = "seeds_miou" if name == "seeds" else name
         values = [100 * row[key] for row in rows]
         line = {"row": name, **{f"seed {row['seed']}": v for row, v in zip(rows, values)}}
