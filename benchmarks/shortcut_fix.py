@@ -114,7 +114,11 @@ def measure_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
                 accuracy = _evaluate(fixed / "fixed.pt", fixed / "evaluate")
                 rows.append(_row(f"{name} + fix {way}, boxes on {count}", accuracy,
                                  json.loads((fixed / "after" / "diagnosis.json").read_text()), record["fix_seconds"]))
-                rows[-1]["chosen"] = (record.get("details") or {}).get("chosen")
+                details = record.get("details") or {}
+                rows[-1]["chosen"] = details.get("chosen")
+                if details.get("stability") is not None:  # --way auto: how sure, and DFR's rule's choice
+                    rows[-1]["chosen"] += (f" (best on {details['stability']:.0%} of resamples; worst group first: "
+                                           f"{details.get('chosen_by_worst_group')})")
     for row in rows:
         row["seed"] = seed
     return rows
