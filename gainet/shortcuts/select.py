@@ -10,11 +10,12 @@ The rows fall into groups: one per (object class, context class) pair, and one p
 contexts alone, right when a context alone is *not* named as its class. The contexts-alone groups
 count at their mean, at most the chance ceiling (single-label: ``1 - 1/C``, since an answer that
 ignores the context names the context's class one time in C; a model that names every class but
-the context's is not rewarded for it, nor one that answers one class for every context punished). A candidate (a way, its epochs) is scored by its **group-balanced accuracy**, the
-mean over those groups: the mean over the object groups is the accuracy where the context says
-nothing about the class (the decorrelated split the user does not have), and the contexts alone
-carry the weight of one more class's groups (``1 / (C + 1)`` of the score). Ties go to the higher
-worst-group accuracy, then to the cheaper candidate.
+the context's is not rewarded for it, nor one that answers one class for every context punished).
+A candidate (a way, its epochs) is scored by its **group-balanced accuracy**, the mean over those
+groups: the mean over the object groups is the accuracy where the context says nothing about the
+class (the decorrelated split the user does not have), and the contexts alone carry the weight of
+one more class's groups (``1 / (C + 1)`` of the score). Ties go to the higher worst-group accuracy,
+then to the cheaper candidate.
 
 Why not DFR's worst group first: DFR picks on hundreds of validation images per group; here a
 quarter of a few dozen annotated images leaves one to three objects per class, so the worst group
@@ -97,6 +98,8 @@ class SelectionSet:
     @classmethod
     def build(cls, held: AnnotatedImages, *, multi_label: bool, contexts_per_class: int = CONTEXTS_PER_CLASS,
               seed: int = 0) -> "SelectionSet":
+        """Each of ``held``'s objects on up to ``contexts_per_class`` of ``held``'s contexts of every
+        class (the same ones for every object, seeded), and every usable context of ``held`` alone."""
         generator = torch.Generator().manual_seed(seed + 202)
         filled, ok = contexts_of(held, generator=generator)
         classes = held.labels.shape[1]
