@@ -35,6 +35,12 @@ first 300 val images, with and without CRF inference; and the oracle (the same n
 ground-truth masks of the same 600 images, ``seed*/oracle/``), so each seed is compared with its
 own oracle.
 
+``--self-train ROW ...`` (rows of ``--segment``) adds one round of self-training on that row's plain
+pseudo labels: the trained network predicts its 600 training images (scale 1, argmax over background
+and the image's own classes, nothing unsure: ``gainet.wsss.self_training``), those predictions are the
+labels (``labels-ROW-st1``) of the same recipe trained again from ImageNet weights (``seg-ROW-st1``),
+scored by the same ``eval-seg``.
+
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/wsss_departures.py --seeds 0 --output runs/wsss-departures
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/wsss_departures.py --seeds 0 1 2 \\
         --variants affinity-crfseeds --segment affinity-crfseeds
@@ -60,6 +66,7 @@ from gainet.wsss.cams import EVAL_CAMS_JSON, eval_cams, make_cams
 from gainet.wsss.crf import crf_available
 from gainet.wsss.pseudo_labels import make_pseudo_labels
 from gainet.wsss.seg_trainer import evaluate_segmentation, train_seg
+from gainet.wsss.self_training import self_training_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # a sibling script, not a package: the classifier, the segmentation recipe and the oracle's labels
@@ -140,6 +147,8 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         row["segment"] = {"oracle": oracle(seed, namespace, args)}
         for name in args.segment:
             row["segment"][name] = segment(name, out, namespace, clock, args)
+        for name in args.self_train:
+            row["segment"][name]["self_train"] = self_train(name, out, namespace, clock, args)
     row["minutes"] = {k: v / 60 for k, v in times.items()}
     return row
 
@@ -220,6 +229,53 @@ def segment(name: str, out: Path, namespace: argparse.Namespace, clock, args: ar
     return result
 
 
+def self_train(name: str, out: Path, namespace: argparse.Namespace, clock, args: argparse.Namespace) -> dict[str, Any]:
+    """One round of self-training on row ``name``'s plain labels: the network ``seg-NAME`` labels
+    its training images (``labels-NAME-st1``), the same recipe is trained on them (``seg-NAME-st1``)
+    and scored like the first round."""
+    tag = f"{name}-st1"
+    labels = clock(f"self-train labels {name}", lambda: self_training_labels(
+        out / f"seg-{name}" / "last.pt", out / f"labels-{name}", out / f"labels-{tag}", progress=args.progress))
+    clock(f"train-seg {tag}", lambda: train_seg(seg_config(namespace, out / f"labels-{tag}", out / f"seg-{tag}")))
+    return {"label_miou": labels["eval"]["miou"], "label_precision": labels["eval"]["confident_precision"],
+            "unsure": labels["eval"]["ignored_fraction"],
+            **evaluate(out / f"seg-{tag}" / "last.pt", out / f"seg-{tag}", args, clock, tag)}
+
+
+def self_train_table(rows: list[dict[str, Any]], names: list[str]) -> str:
+    """Per row: the first-round network and the self-trained one, eval-seg mIoU per seed, mean ±
+    std, the paired gain, the ratio to each seed's oracle against 0.8 x, and with CRF inference."""
+    seeds = [f"seed {row['seed']}" for row in rows]
+    lines = []
+    for name in names:
+        for label, key in (("round 0 (pseudo labels)", None), ("round 1 (self-trained)", "self_train")):
+            results = [row["segment"][name]["plain"] if key is None else row["segment"][name][key] for row in rows]
+            oracles = [row["segment"]["oracle"] for row in rows]
+            seg = [100 * r["seg_miou"] for r in results]
+            ratio = [r["seg_miou"] / o["seg_miou"] for r, o in zip(results, oracles)]
+            line = {"network": f"{name} {label}", **dict(zip(seeds, seg)), "mean ± std": mean_std(seg),
+                    "label mIoU": mean_std([100 * r["label_miou"] for r in results]),
+                    "x oracle": mean_std(ratio, 2),
+                    ">= 0.8 x oracle": ("met" if statistics.mean(ratio) >= 0.8 else "missed")
+                    + f" ({sum(v >= 0.8 for v in ratio)}/{len(ratio)} seeds)",
+                    "with CRF inference": mean_std([100 * r["seg_miou_crf"] for r in results]),
+                    "x oracle, CRF inference": mean_std([r["seg_miou_crf"] / o["seg_miou_crf"]
+                                                         for r, o in zip(results, oracles)], 2)}
+            if key is not None:
+                first = [row["segment"][name]["plain"] for row in rows]
+                gains = [100 * (r["seg_miou"] - f["seg_miou"]) for r, f in zip(results, first)]
+                gains_crf = [100 * (r["seg_miou_crf"] - f["seg_miou_crf"]) for r, f in zip(results, first)]
+                line["gain (paired)"] = " / ".join(f"{g:+.1f}" for g in gains) + (
+                    f" = {statistics.mean(gains):+.1f} ± {statistics.stdev(gains):.1f}" if len(gains) > 1 else "")
+                line["gain, CRF inference"] = " / ".join(f"{g:+.1f}" for g in gains_crf) + (
+                    f" = {statistics.mean(gains_crf):+.1f} ± {statistics.stdev(gains_crf):.1f}"
+                    if len(gains_crf) > 1 else "")
+            lines.append(line)
+    return markdown_table(lines, ["network", *seeds, "mean ± std", "gain (paired)", "label mIoU", "x oracle",
+                                  ">= 0.8 x oracle", "with CRF inference", "gain, CRF inference",
+                                  "x oracle, CRF inference"], ".1f")
+
+
 def mean_std(values: list[float], digits: int = 1) -> str:
     return (f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}" if len(values) > 1
             else f"{values[0]:.{digits}f} (one seed)")
@@ -270,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="pseudo labels (with and without the dense CRF), train-seg and eval-seg on these "
                              "rows' maps (a --variants name, or a --seed-scales row of the same command such "
                              "as seeds-scales1-1.5-affinity-crfseeds), and the oracle (needs pydensecrf2)")
+    parser.add_argument("--self-train", nargs="+", default=[], metavar="ROW",
+                        help="one round of self-training on these --segment rows' plain pseudo labels (the "
+                             "trained network's predictions on its training images, restricted to each "
+                             "image's classes, train the same recipe again)")
     parser.add_argument("--tag", default="", help="results-METHOD-TAG.md/.json instead of results-METHOD.md "
                                                    "(keeps another run's table)")
     parser.add_argument("--progress", action="store_true")
@@ -278,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--segment {unknown[0]}: not a row of --variants ({', '.join(VARIANTS)}) nor a "
                      f"--seed-scales row of this command ({', '.join(scaled_rows(args)) or 'none'})")
+    outside = [name for name in args.self_train if name not in args.segment]
+    if outside:
+        parser.error(f"--self-train {outside[0]}: not a row of --segment ({', '.join(args.segment) or 'none'})")
     if args.segment and not crf_available():
         parser.error("--segment needs pydensecrf2 (pip install 'pydensecrf2==1.1')")
     torch.set_num_threads(1)
@@ -310,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         text += ("\n\nSegmentation (eval-seg mIoU on the first 300 val images; \"x oracle\": each seed over its own "
                  "oracle, then mean ± std; labels: fg = the maps' best t, bg = t - 0.1):\n\n"
                  + segment_table(rows, args.segment))
+        if args.self_train:
+            text += ("\n\nOne round of self-training (labels: the round-0 network's argmax over background + the "
+                     "image's classes on its 600 training images, nothing unsure; the same recipe from ImageNet "
+                     "weights; gain: round 1 - round 0 per seed, then mean ± std; label mIoU on the training "
+                     "images):\n\n" + self_train_table(rows, args.self_train))
         minutes = [row["segment"]["oracle"]["minutes"] for row in rows]
         text += ("\n\nOracle CPU minutes (600 training images, 300 val images):\n\n"
                  + markdown_table([{"stage": stage, **{f"seed {row['seed']}": m.get(stage)

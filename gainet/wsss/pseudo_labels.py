@@ -209,8 +209,9 @@ def eval_pseudo_labels(labels_dir: str | Path, *, data_root: str | None = None, 
     }
     markdown = (
         f"# Pseudo-label mIoU: {labels_dir} ({meta.get('method')}, {images} images)\n\n"
-        f"Thresholds fg {summary['fg_threshold']:.2f} / bg {summary['bg_threshold']:.2f}, CRF {summary['crf']}. "
-        f"mIoU {100 * summary['miou']:.1f} (unsure pixels as background); on confident pixels "
+        + (f"Thresholds fg {summary['fg_threshold']:.2f} / bg {summary['bg_threshold']:.2f}, CRF {summary['crf']}. "
+           if summary["fg_threshold"] is not None else "No thresholds (labels not made from maps). ")
+        + f"mIoU {100 * summary['miou']:.1f} (unsure pixels as background); on confident pixels "
         f"mIoU {100 * summary['confident_miou']:.1f}, accuracy {100 * summary['confident_precision']:.1f}; "
         f"unsure {100 * summary['ignored_fraction']:.1f}% of pixels.\n\n"
         + markdown_table(per_class_rows(names, summary["per_class_iou"]), ["class", "IoU"], ".1f") + "\n"
