@@ -377,6 +377,10 @@ def test_diagnose_and_fix_commands_write_their_files_and_keep_them(reader_checkp
     best = max(details["candidates"][1:], key=lambda c: (c["balanced"], c["worst_group"]))
     assert best["balanced"] == next(c for c in details["candidates"] if c["name"] == details["chosen"])["balanced"]
     assert "How sure" in (tmp_path / "auto" / "fix.md").read_text()
+    # the chosen way is the one refit on every annotated image, and DFR's rule's choice is a candidate too
+    record = json.loads((tmp_path / "auto" / "fix.json").read_text())
+    assert record["chosen_way"] == details["way"] and details["refit_on"] == 26
+    assert details["chosen_by_worst_group"] in names and details["resamples"] == 200
     dfr = torch.load(tmp_path / "dfr" / "fixed.pt", weights_only=True)
     original = torch.load(reader_checkpoint, weights_only=True)
     changed = [k for k in original["model"] if not torch.equal(original["model"][k], dfr["model"][k])]
