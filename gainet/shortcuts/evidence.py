@@ -47,6 +47,14 @@ class SplitAnswers:
     units: Tensor
 
 
+def answers_right(logits: Tensor, labels: Tensor, multi_label: bool) -> Tensor:
+    """``(n,)`` bool: the answer is right -- top-1 is the labelled class (single-label), or every
+    label is right at sigmoid 0.5 (multi-label)."""
+    if multi_label:
+        return ((torch.sigmoid(logits) > 0.5) == (labels > 0.5)).all(1)
+    return logits.argmax(1) == labels.argmax(1)
+
+
 def correct(scores: Tensor, labels: Tensor) -> Tensor:
     """``(n,)`` float: top-1 answer is the labelled class (single-label)."""
     return (scores.argmax(1) == labels.argmax(1)).float()

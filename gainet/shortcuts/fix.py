@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from gainet.shortcuts.diagnose import AnnotatedImages, contexts_of, paste, predict
+from gainet.shortcuts.evidence import answers_right
 from gainet.shortcuts.heads import fit_linear_head, fit_sparse_head, head_loss
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -119,10 +120,7 @@ def _held_out_score(weight: Tensor, bias: Tensor, features: Tensor, targets: Ten
     loss over every held-out image)."""
     logits = features @ weight.T + bias
     swaps = kind == SWAP
-    if multi_label:
-        right = ((torch.sigmoid(logits[swaps]) > 0.5) == (targets[swaps] > 0.5)).all(1)
-    else:
-        right = logits[swaps].argmax(1) == targets[swaps].argmax(1)
+    right = answers_right(logits[swaps], targets[swaps], multi_label)
     accuracy = float(right.float().mean()) if swaps.any() else math.nan
     return accuracy, float(head_loss(logits, targets, multi_label))
 
@@ -181,10 +179,7 @@ def worst_group_accuracy(logits: Tensor, targets: Tensor, kind: Tensor, groups: 
     """The lowest accuracy over the (object class, context class) groups of the objects on contexts
     (DFR's selection criterion); top-1, or every label right at 0.5 for multi-label."""
     rows = kind != CONTEXT
-    if multi_label:
-        right = ((torch.sigmoid(logits) > 0.5) == (targets > 0.5)).all(1)
-    else:
-        right = logits.argmax(1) == targets.argmax(1)
+    right = answers_right(logits, targets, multi_label)
     keys, inverse = torch.unique(groups[rows], dim=0, return_inverse=True)
     hits = torch.zeros(keys.shape[0]).index_add_(0, inverse, right[rows].float())
     sizes = torch.bincount(inverse, minlength=keys.shape[0]).float()

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from gainet.shortcuts.diagnose import AnnotatedImages, contexts_of, paste, predict
-from gainet.shortcuts.evidence import context_named
+from gainet.shortcuts.evidence import answers_right, context_named
 
 HELD_OUT_SHARE = 0.25
 MIN_HELD_OUT = 4
@@ -156,12 +156,8 @@ class SelectionSet:
         """``(R + A,)`` bool: an object's answer is right (top-1, or every label right at 0.5 for
         multi-label); a context alone is right when it is not named as its own class."""
         labels, alone = self.labels, self.alone
-        if self.multi_label:
-            correct = ((torch.sigmoid(logits) > 0.5) == (labels > 0.5)).all(1)
-        else:
-            correct = logits.argmax(1) == labels.argmax(1)
+        correct = answers_right(logits, labels, self.multi_label)
         named, _, _ = context_named(logits[alone], labels[alone], self.multi_label)
-        correct = correct.clone()
         correct[alone] = ~named
         return correct
 
