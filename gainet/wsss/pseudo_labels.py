@@ -155,11 +155,18 @@ def make_pseudo_labels(
     result: dict[str, Any] = {"written": written, "skipped": skipped, "images": dataset.wsss_size,
                               "fg_threshold": fg, "bg_threshold": bg, "output": str(output), "eval": None}
     if evaluate:
-        try:
-            result["eval"] = eval_pseudo_labels(output, data_root=data_root, progress=progress)
-        except ValueError as error:  # no ground truth to compare with: the labels are still made
-            logger.warning("pseudo-labels not evaluated: %s", error)
+        result["eval"] = eval_if_possible(output, data_root=data_root, progress=progress, what="pseudo-labels")
     return result
+
+
+def eval_if_possible(labels_dir: str | Path, *, data_root: str | None, progress: bool, what: str) -> dict[str, Any] | None:
+    """:func:`eval_pseudo_labels` of a labels folder just written, or ``None`` (logged) where there is
+    no ground truth to compare with: the labels are still made."""
+    try:
+        return eval_pseudo_labels(labels_dir, data_root=data_root, progress=progress)
+    except ValueError as error:
+        logger.warning("%s not evaluated: %s", what, error)
+        return None
 
 
 def eval_pseudo_labels(labels_dir: str | Path, *, data_root: str | None = None, progress: bool = True) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import torch
 from gainet.io.progress import progress_bar
 from gainet.wsss import data as io
 from gainet.wsss.cams import require_complete
-from gainet.wsss.pseudo_labels import LABELS_DIR, LABELS_STAGE, eval_pseudo_labels
+from gainet.wsss.pseudo_labels import LABELS_DIR, LABELS_STAGE, eval_if_possible
 from gainet.wsss.seg_trainer import _device, load_seg_model, predict_probabilities
 
 logger = logging.getLogger(__name__)
@@ -91,8 +91,5 @@ def self_training_labels(
     result: dict[str, Any] = {"written": written, "skipped": skipped, "images": dataset.wsss_size,
                               "output": str(output), "eval": None}
     if evaluate:
-        try:
-            result["eval"] = eval_pseudo_labels(output, data_root=data_root, progress=progress)
-        except ValueError as error:  # no ground truth to compare with: the labels are still made
-            logger.warning("self-training labels not evaluated: %s", error)
+        result["eval"] = eval_if_possible(output, data_root=data_root, progress=progress, what="self-training labels")
     return result
