@@ -350,8 +350,13 @@ def test_make_cams_class_agnostic_gives_one_map_for_every_class(seeds: Path) -> 
         make_cams(seeds / "cls" / "last.pt", seeds / "bad", attention_layer="stride16", device="cpu", progress=False)
 
 
-def test_refine_cams_on_a_tiny_voc_layout_tree_keeps_native_sizes(tmp_path: Path) -> None:
-    """VOC-layout smoke test: images of different native sizes (chunks of one shape), both methods."""
+def test_refine_cams_on_a_tiny_voc_layout_tree_keeps_native_sizes(tmp_path: Path, monkeypatch) -> None:
+    """VOC-layout smoke test: images of different native sizes (chunks of one shape), both methods;
+    the walk runs on the stride-4 grid of the square classifier input, or with
+    ``--walk-base-size native`` of each image at its own size and aspect."""
+    import shutil
+
+    import gainet.wsss.refine as refine_module
     from conftest import build_voc_tree
 
     voc = tmp_path / "VOC2012"
@@ -374,6 +379,36 @@ def test_refine_cams_on_a_tiny_voc_layout_tree_keeps_native_sizes(tmp_path: Path
         assert main(["pseudo-labels", "--cams", str(out / method), "--output", str(out / f"labels-{method}"),
                      "--no-progress"]) == 0
         assert io.load_index_png(out / f"labels-{method}" / "labels" / "img_a.png").shape == (60, 80)
+    grids = []
+    walk = refine_module.random_walk
+
+    def recording_walk(maps, embedding, **kwargs):
+        grids.append((tuple(maps.shape[-2:]), tuple(embedding.shape[-2:])))
+        return walk(maps, embedding, **kwargs)
+
+    monkeypatch.setattr(refine_module, "random_walk", recording_walk)
+    (out / "native").mkdir()
+    shutil.copy(out / "affinity" / "affinity.pt", out / "native" / "affinity.pt")
+    assert main(["refine-cams", "--cams", str(out / "cams"), "--output", str(out / "native"), "--method", "affinity",
+                 "--epochs", "1", "--iterations", "4", "--no-label-crf", "--walk-base-size", "native",
+                 "--no-progress"]) == 0
+    meta = json.loads((out / "native" / "meta.json").read_text())
+    assert meta["refinement"]["walk_base_size"] == "native"
+    assert "walk_base_size" not in json.loads((out / "affinity" / "meta.json").read_text())["refinement"]
+    # the grid follows each image (stride 4, rounded up): 60 x 80 -> 15 x 20, 50 x 70 -> 13 x 18
+    assert ((15, 20), (15, 20)) in grids and ((13, 18), (13, 18)) in grids  # img_a 60 x 80, img_b 50 x 70
+    assert all(g[0] != (8, 8) for g in grids)
+    keys, native = io.load_cams(out / "native" / "cams" / "img_a.npy")
+    _, square = io.load_cams(out / "affinity" / "cams" / "img_a.npy")
+    assert native.shape == square.shape == (len(keys), 60, 80) and not np.allclose(native, square, atol=1e-2)
+    grids.clear()
+    refine_cams(out / "cams", out / "square", RefineParams(method="affinity", epochs=1, iterations=4,
+                                                            label_crf=False), progress=False)
+    assert grids and all(g == ((8, 8), (8, 8)) for g in grids)  # 32-px training input, stride 4
+    with pytest.raises(ValueError, match="base size"):
+        RefineParams(method="affinity", walk_base_size="square")
+    with pytest.raises(ValueError, match="affinity"):
+        RefineParams(method="par", walk_base_size="native")
 
 
 # ----------------------------------------------------------------------------- issue 31: IRN's way

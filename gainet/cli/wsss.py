@@ -130,7 +130,7 @@ def cmd_refine_cams(args: argparse.Namespace) -> int:
                           conf_fg=args.conf_fg, conf_bg=args.conf_bg, radius=args.radius, epochs=args.epochs,
                           lr=args.lr, seed=args.seed, beta=args.beta, walk_radius=args.walk_radius,
                           background_power=args.background_power, label_crf=args.label_crf,
-                          walk_normalise=args.walk_normalise)
+                          walk_normalise=args.walk_normalise, walk_base_size=args.walk_base_size)
     result = refine_cams(args.cams, args.output, params, data_root=args.data_root, overwrite=args.overwrite,
                          device=args.device, progress=not args.no_progress)
     print(f"refine-cams: {result['written']} written, {result['skipped']} already there, {result['images']} images "
@@ -178,6 +178,10 @@ def add_refine_command(commands: Any) -> None:
                         help="affinity: train the head on IRN's labels: the seeds at --conf-fg and at --conf-bg each "
                              "refined by a dense CRF (pseudo-labels --crf's kernels; needs pydensecrf2); "
                              "--no-label-crf: the raw seeds' labels (default: on)")
+    refine.add_argument("--walk-base-size", default="train",
+                        help="affinity: the random walk's input, in make-cams --base-size's words: train (the "
+                             "classifier's square input), native (the image at its own size and aspect, IRN's) "
+                             "or N (an N x N square); the head trains on train inputs (default: %(default)s)")
     refine.add_argument("--data-root", default=None, help="override the dataset directory")
     refine.add_argument("--overwrite", action="store_true", help="redo every file (and retrain the head)")
     refine.add_argument("--device", default="cpu", help="cpu or cuda")

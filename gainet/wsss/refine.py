@@ -13,7 +13,8 @@ Two methods (numerics in :mod:`gainet.wsss.affinity`):
   ``label_crf`` the labels are IRN's (``cam_to_ir_label``): the segmentation at ``conf_fg`` and the
   one at ``conf_bg`` each refined by a dense CRF on the image, foreground where the first says so,
   background where both say so, unsure elsewhere. Then each image's maps, downsampled to the
-  features' stride-4 grid, are propagated by a random walk on the predicted affinities (``beta``,
+  features' stride-4 grid (of the classifier's square input, or with ``walk_base_size`` "native"
+  of the image at its own size and aspect, as IRN walks), are propagated by a random walk on the predicted affinities (``beta``,
   ``iterations``) and resized back to native size. With ``background_power`` a > 0 the walk
   carries AffinityNet's background map ``(1 - max_k M_k)^a`` beside them and each output map is
   ``walked M_k / (walked M_k + walked background)`` (0.5 = the argmax of the walked maps); with 0
@@ -50,7 +51,7 @@ from gainet.io.progress import progress_bar
 from gainet.wsss import data as io
 from gainet.wsss.affinity import (affinity_loss, background_scores, disc_offsets, feature_affinity, pair_labels,
                                   par_refine, random_walk)
-from gainet.wsss.cams import CAMS_DIR, CAMS_STAGE, EVAL_CAMS_JSON, require_complete, to_input
+from gainet.wsss.cams import CAMS_DIR, CAMS_STAGE, EVAL_CAMS_JSON, parse_base_size, require_complete, to_input
 from gainet.wsss.crf import INSTALL_HINT, CRFParams, crf_available
 from gainet.wsss.pseudo_labels import pseudo_label
 
@@ -61,7 +62,7 @@ METHODS = ("par", "affinity")
 WALK_NORMALISATIONS = ("minmax", "max", "none")
 AFFINITY_FILE = "affinity.pt"
 # settings of the random walk alone: they do not change the trained affinity head
-WALK_SETTINGS = ("iterations", "beta", "walk_radius", "background_power", "walk_normalise")
+WALK_SETTINGS = ("iterations", "beta", "walk_radius", "background_power", "walk_normalise", "walk_base_size")
 # Backbone layers of the affinity head, by stride, per model family (the stride-16 names are
 # gainet.models.ATTENTION_LAYERS', the vocabulary of gainet train --attention-layer).
 FEATURE_LAYERS: dict[str, dict[str, str]] = {
@@ -86,7 +87,10 @@ class RefineParams:
     ``pydensecrf2``; ``False``: the raw seeds' labels); random walk
     ``beta``, ``iterations`` (default 256), ``walk_radius``, ``background_power`` (0: no
     background map in the walk), ``walk_normalise`` (one of :data:`WALK_NORMALISATIONS`; only
-    without a background map)."""
+    without a background map), ``walk_base_size`` (the walk's input in ``make-cams --base-size``'s
+    vocabulary: ``"train"`` the classifier's square input, ``"native"`` the image as it is, its own
+    aspect and size, or ``N`` an N x N square; the head is trained on ``"train"`` inputs whatever
+    this says)."""
 
     method: str = "par"
     dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
@@ -111,8 +115,12 @@ class RefineParams:
     # (docs/wsss.md, issue 31)
     label_crf: bool = True
     walk_normalise: str = "minmax"
+    walk_base_size: str | int = "train"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "walk_base_size", parse_base_size(self.walk_base_size))
+        if self.walk_base_size != "train" and self.method != "affinity":
+            raise ValueError("walk_base_size is a setting of the affinity random walk (--method affinity)")
         if self.method not in METHODS:
             raise ValueError(f"refinement method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.iterations is not None and self.iterations < 0:
@@ -147,7 +155,8 @@ class RefineParams:
         values = asdict(self)
         par = ("dilations", "w_rgb", "w_pos")
         learned = ("layers", "dim", "conf_fg", "conf_bg", "fg_margin", "bg_margin", "radius", "epochs", "lr",
-                   "batch_size", "seed", "beta", "walk_radius", "background_power", "label_crf", "walk_normalise")
+                   "batch_size", "seed", "beta", "walk_radius", "background_power", "label_crf", "walk_normalise",
+                   "walk_base_size")
         drop = learned if self.method == "par" else par
         values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if k not in drop}
         # recorded only when used, so that folders (and heads) made before the options still resume
@@ -159,6 +168,8 @@ class RefineParams:
             values.pop("label_crf", None)
         if self.walk_normalise == "minmax":
             values.pop("walk_normalise", None)
+        if self.walk_base_size == "train":
+            values.pop("walk_base_size", None)
         values["iterations"] = self.steps
         return values
 
@@ -250,10 +261,15 @@ def seed_thresholds(params: RefineParams, cams_dir: Path) -> tuple[float, float]
     return round(fg, 6), round(bg, 6)
 
 
-def _network_input(image: np.ndarray, meta: dict[str, Any], device: torch.device) -> torch.Tensor:
-    """The classifier's input for a native image: normalised, resized to its square training size."""
+def _network_input(image: np.ndarray, meta: dict[str, Any], device: torch.device,
+                   base: str | int = "train") -> torch.Tensor:
+    """The classifier's input ``(1, 3, h, w)`` for a native image ``(H, W, 3)``: normalised and
+    resized to its square training size (``base`` "train"), to ``N x N`` (an int), or kept at its
+    own size and aspect ("native")."""
     tensor = to_input(image, meta["mean"], meta["std"], device)
-    size = int(meta["train_size"])
+    if base == "native":
+        return tensor
+    size = int(meta["train_size"]) if base == "train" else int(base)
     return F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
@@ -395,7 +411,8 @@ def _refine_chunk(chunk: list, params: RefineParams, meta: dict[str, Any], tap: 
         refined = par_refine(images, stacked, dilations=params.dilations, iterations=params.steps,
                              w_rgb=params.w_rgb, w_pos=params.w_pos)
     else:
-        inputs = torch.cat([_network_input(item.image, meta, device) for item, _, _ in chunk])
+        # a chunk's images share one shape (_chunks), so their native inputs stack too
+        inputs = torch.cat([_network_input(item.image, meta, device, params.walk_base_size) for item, _, _ in chunk])
         embedding = head(tap(inputs))
         if background:
             # the padding's zero maps leave the max unchanged (maps are >= 0)
