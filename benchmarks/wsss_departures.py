@@ -19,6 +19,9 @@ decision those papers use:
   ``cam_to_ir_label``), class maps walked alone as in the default;
 - ``affinity-crfseeds-bg16``: both departures done the papers' way;
 - ``par``: ``refine-cams --method par`` (training-free), the issue's other bar.
+- ``affinity-crfseeds-16steps`` (``-unnormalised``, ``bg16-``): the CRF-label head walked 16 steps
+  instead of 256 (min-max, as walked, with AffinityNet's background): a walk that spreads over the
+  same share of the image as IRN's 256 steps on a VOC image's 4x finer grid.
 
 Rows whose head settings equal another's reuse its ``affinity.pt`` (the walk alone differs).
 Every stage resumes per file; a re-run prints the table from what is on disk.
@@ -86,6 +89,14 @@ VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
     "affinity-crfseeds": ({"label_crf": True}, None),
     "affinity-crfseeds-bg16": ({"label_crf": True, "background_power": 16.0}, "affinity-crfseeds"),
     "par": ({"method": "par"}, None),  # the training-free refinement, the issue's other bar
+    # A walk scaled to the grid: IRN walks 256 steps on the stride-4 grid of a VOC image (~125 x 94);
+    # a walk spreads ~ sqrt(steps) grid cells, so on this 32 x 32 grid the same share of the image
+    # is ~256 (32 / 110)^2 ~ 22 steps; 16, the nearest power of two (the papers square the matrix).
+    "affinity-crfseeds-16steps": ({"label_crf": True, "iterations": 16}, "affinity-crfseeds"),
+    "affinity-crfseeds-16steps-unnormalised": ({"label_crf": True, "iterations": 16, "walk_normalise": "none"},
+                                               "affinity-crfseeds"),
+    "affinity-crfseeds-bg16-16steps": ({"label_crf": True, "background_power": 16.0, "iterations": 16},
+                                       "affinity-crfseeds"),
 }
 
 
