@@ -250,12 +250,12 @@ def test_refine_cams_par_and_affinity_through_the_cli(seeds: Path, capsys) -> No
         capsys.readouterr()
     assert (seeds / "refined-affinity" / "affinity.pt").is_file()
     # other settings into a finished folder: refused with one line, unless --overwrite
-    assert main(["refine-cams", "--cams", str(cams), "--output", str(seeds / "refined-par"), "--iterations", "3",
-                 "--no-progress"]) == 2
+    assert main(["refine-cams", "--cams", str(cams), "--output", str(seeds / "refined-par"), "--method", "par",
+                 "--iterations", "3", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "other settings" in err and len(err.splitlines()) == 1
-    assert main(["refine-cams", "--cams", str(cams), "--output", str(seeds / "refined-par"), "--iterations", "3",
-                 "--overwrite", "--no-progress"]) == 0
+    assert main(["refine-cams", "--cams", str(cams), "--output", str(seeds / "refined-par"), "--method", "par",
+                 "--iterations", "3", "--overwrite", "--no-progress"]) == 0
     assert "16 written" in capsys.readouterr().out
     # into its own seeds' folder, or from a folder that is not a cams folder: refused
     assert main(["refine-cams", "--cams", str(cams), "--output", str(cams), "--no-progress"]) == 2

@@ -148,7 +148,10 @@ def add_refine_command(commands: Any) -> None:
                     "confident pixels, then a random walk. Resumes: existing files are skipped.")
     refine.add_argument("--cams", required=True, help="make-cams output folder (the seeds)")
     refine.add_argument(*OUTPUT_FLAGS, dest="output", required=True, help="output folder (maps go to OUTPUT/cams/)")
-    refine.add_argument("--method", default="par", choices=("par", "affinity"), help="refinement (default: par)")
+    refine.add_argument("--method", default="affinity", choices=("par", "affinity"),
+                        help="refinement: affinity (learned, needs eval-cams on the seeds and their classifier "
+                             "checkpoint; +5.7 mIoU over par on real photos, docs/wsss.md) or par (training-free) "
+                             "(default: %(default)s)")
     refine.add_argument("--iterations", type=int, default=None,
                         help="propagation steps (default: par 10, affinity 256)")
     refine.add_argument("--dilations", type=int, nargs="+", default=[1, 2, 4, 8, 12, 24], help="par: dilations")
