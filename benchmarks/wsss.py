@@ -54,11 +54,11 @@ METHODS = ("cam", "gain", "gain-ext")
 # Per-world defaults of the options left unset on the command line.
 WORLD_DEFAULTS = {
     "parts": {"train_images": 640, "cls_val_images": 100, "epochs": 8, "scales": [1.0], "flip": False,
-              "seg_epochs": 6, "seg_model": "lraspp_mobilenet_v3_large"},
+              "seg_epochs": 6, "seg_model": "lraspp_mobilenet_v3_large", "seg_crop": None},
     # Real photos: the segmentation network starts from ImageNet weights, as in every WSSS method
     # (from scratch it learned background only on 600 images: docs/wsss.md).
     "garments": {"train_images": 600, "cls_val_images": 300, "epochs": 4, "scales": [1.0], "flip": True,
-                 "seg_epochs": 5, "seg_model": "lraspp_efficientnet_lite0"},
+                 "seg_epochs": 5, "seg_model": "lraspp_efficientnet_lite0", "seg_crop": None},
 }
 # GAIN's hyperparameters pinned as in benchmarks/ablation.py, so that a variant name ("gain",
 # "gain/alpha0.3", "gain-adv") means the same classifier in both benchmarks.
@@ -89,9 +89,16 @@ def classifier_config(variant: str, args: argparse.Namespace, output: Path) -> T
 def seg_config(args: argparse.Namespace, labels: Path, output: Path) -> SegConfig:
     backbone = "imagenet" if args.seg_model == "lraspp_efficientnet_lite0" else None
     return SegConfig(labels_dir=str(labels), output_dir=str(output), model=args.seg_model, epochs=args.seg_epochs,
-                     weights_backbone=backbone,
+                     weights_backbone=backbone, crop_size=args.seg_crop,
                      batch_size=16, lr=3e-3, seed=args.seed, threads=args.threads, device="cpu",
                      progress=args.progress, resume="auto")
+
+
+def seg_scales(args: argparse.Namespace) -> list[float]:
+    """eval-seg's scale: a network trained on crops of ``seg_crop`` pixels sees the native image
+    resized by ``seg_crop / native`` (objects at the size it was trained on)."""
+    native = 128 if args.world == "garments" else 64
+    return [args.seg_crop / native] if args.seg_crop else [1.0]
 
 
 def ground_truth_labels(spec: dict[str, Any], folder: Path) -> Path:
@@ -154,11 +161,11 @@ def _run_method(method: str, args: argparse.Namespace, checkpoint: str | None, o
                                         progress=progress)["eval"]
         row["label_miou_crf"] = crf_labels["miou"]
     train_seg(seg_config(args, out / "labels", out / "seg"))
-    seg = evaluate_segmentation(out / "seg" / "last.pt", out / "eval", limit=args.val_images, device="cpu",
+    seg = evaluate_segmentation(out / "seg" / "last.pt", out / "eval", limit=args.val_images, scales=seg_scales(args), device="cpu",
                                 progress=progress)
     row["seg_miou"] = seg["miou"]
     if args.crf:
-        row["seg_miou_crf"] = evaluate_segmentation(out / "seg" / "last.pt", out / "eval-crf", limit=args.val_images,
+        row["seg_miou_crf"] = evaluate_segmentation(out / "seg" / "last.pt", out / "eval-crf", limit=args.val_images, scales=seg_scales(args),
                                                     crf=True, device="cpu", progress=progress)["miou"]
     row["minutes"] = (time.perf_counter() - started) / 60
     return row
@@ -229,11 +236,11 @@ def _run_refined(method: str, args: argparse.Namespace, checkpoint: str, state: 
             source, out / "labels-crf", band=args.band, crf=True, progress=progress))["eval"]["miou"]
     clock.run("train-seg", images, lambda: train_seg(seg_config(args, out / "labels", out / "seg")))
     seg = clock.run("eval-seg", args.val_images, lambda: evaluate_segmentation(
-        out / "seg" / "last.pt", out / "eval", limit=args.val_images, device="cpu", progress=progress))
+        out / "seg" / "last.pt", out / "eval", limit=args.val_images, scales=seg_scales(args), device="cpu", progress=progress))
     row["seg_miou"] = seg["miou"]
     if args.crf:
         row["seg_miou_crf"] = clock.run("eval-seg crf", args.val_images, lambda: evaluate_segmentation(
-            out / "seg" / "last.pt", out / "eval-crf", limit=args.val_images, crf=True, device="cpu",
+            out / "seg" / "last.pt", out / "eval-crf", limit=args.val_images, scales=seg_scales(args), crf=True, device="cpu",
             progress=progress))["miou"]
     # The same segmentation recipe on labels from other maps (the rows "METHOD, seg on X labels")
     for name in other_labels:
@@ -248,10 +255,10 @@ def _run_refined(method: str, args: argparse.Namespace, checkpoint: str, state: 
         clock.run(f"train-seg {name}", images, lambda: train_seg(seg_config(args, out / f"labels-{name}",
                                                                             out / f"seg-{tag}")))
         alt["seg_miou"] = evaluate_segmentation(out / f"seg-{tag}" / "last.pt", out / f"eval-{tag}",
-                                                limit=args.val_images, device="cpu", progress=progress)["miou"]
+                                                limit=args.val_images, scales=seg_scales(args), device="cpu", progress=progress)["miou"]
         if args.crf:
             alt["seg_miou_crf"] = evaluate_segmentation(out / f"seg-{tag}" / "last.pt", out / f"eval-crf-{tag}",
-                                                        limit=args.val_images, crf=True, device="cpu",
+                                                        limit=args.val_images, scales=seg_scales(args), crf=True, device="cpu",
                                                         progress=progress)["miou"]
         row.setdefault("other_labels", {})[name] = alt
     row["minutes"] = (time.perf_counter() - started) / 60
@@ -273,10 +280,10 @@ def _run_oracle(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     clock.run("train-seg", args.train_images, lambda: train_seg(seg_config(args, out / "labels", out / "seg")))
     row: dict[str, Any] = {"method": "oracle (GT masks)", "seed": args.seed, "label_miou": 1.0, "unsure": 0.0,
                            "label_precision": 1.0, "per_1000": {"train-seg": clock.per_1000("train-seg")}}
-    row["seg_miou"] = evaluate_segmentation(out / "seg" / "last.pt", out / "eval", limit=args.val_images,
+    row["seg_miou"] = evaluate_segmentation(out / "seg" / "last.pt", out / "eval", limit=args.val_images, scales=seg_scales(args),
                                             device="cpu", progress=args.progress)["miou"]
     if args.crf:
-        row["seg_miou_crf"] = evaluate_segmentation(out / "seg" / "last.pt", out / "eval-crf", limit=args.val_images,
+        row["seg_miou_crf"] = evaluate_segmentation(out / "seg" / "last.pt", out / "eval-crf", limit=args.val_images, scales=seg_scales(args),
                                                     crf=True, device="cpu", progress=args.progress)["miou"]
     row["minutes"] = (time.perf_counter() - started) / 60
     return row
@@ -340,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                                                          "scratch; garments: lraspp_efficientnet_lite0 from ImageNet)")
     parser.add_argument("--seg-epochs", type=int, default=None, help="segmentation-network epochs (parts 6, "
                                                                      "garments 5)")
+    parser.add_argument("--seg-crop", type=int, default=None,
+                        help="train-seg --crop-size (default: the images' size), eval-seg at scale crop / size")
     parser.add_argument("--scales", type=float, nargs="+", default=None,
                         help="make-cams scales (default 1; garments: with --flip)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,

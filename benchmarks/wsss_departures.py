@@ -108,7 +108,10 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
     out = Path(args.output) / f"seed{seed}" / args.method.replace("/", "_")
     clock, times = stage_clock(out)
-    namespace = argparse.Namespace(**{**WORLD_DEFAULTS["garments"], "world": "garments", "seed": seed,
+    # the segmentation recipe these tables were made with (5 epochs, 128-px crops), whatever
+    # benchmarks/wsss.py's garments defaults now say
+    namespace = argparse.Namespace(**{**WORLD_DEFAULTS["garments"], "seg_epochs": 5, "seg_crop": None,
+                                      "world": "garments", "seed": seed,
                                       "threads": 1, "progress": args.progress, "width": 16})
     config = classifier_config(args.method, namespace, out)
     if not (Path(config.output_dir) / "final.json").is_file():
