@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="train this recipe on every label set of LABEL_SETS (after the selection)")
     parser.add_argument("--worker", default=None, metavar="I/N",
                         help="run every N-th job starting at I (two processes share the jobs), print nothing")
+    parser.add_argument("--apply-only", action="store_true",
+                        help="with --worker: run only the --apply jobs (while another process finishes the selection)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     if not crf_available():
@@ -144,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     listed = jobs(args)
     if args.worker:
         index, count = (int(v) for v in args.worker.split("/"))
+        if args.apply_only:
+            listed = [job for job in listed if job[2] is not None]
         for seed, recipe, labels in listed[index::count]:
             run_job(root, departures, seed, recipe, labels, args.progress)
         return 0
