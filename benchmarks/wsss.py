@@ -53,11 +53,11 @@ from ablation import VARIANTS  # noqa: E402
 METHODS = ("cam", "gain", "gain-ext")
 # Per-world defaults of the options left unset on the command line.
 WORLD_DEFAULTS = {
-    "parts": {"train_images": 640, "cls_val_images": 100, "epochs": 8, "scales": [1.0], "flip": False,
+    "parts": {"train_images": 640, "cls_val_images": 100, "epochs": 8, "scales": [1.0, 1.5], "flip": False,
               "seg_epochs": 6, "seg_model": "lraspp_mobilenet_v3_large", "seg_crop": None},
     # Real photos: the segmentation network starts from ImageNet weights, as in every WSSS method
     # (from scratch it learned background only on 600 images: docs/wsss.md).
-    "garments": {"train_images": 600, "cls_val_images": 300, "epochs": 4, "scales": [1.0], "flip": True,
+    "garments": {"train_images": 600, "cls_val_images": 300, "epochs": 4, "scales": [1.0, 1.5], "flip": True,
                  "seg_epochs": 5, "seg_model": "lraspp_efficientnet_lite0", "seg_crop": None},
 }
 # GAIN's hyperparameters pinned as in benchmarks/ablation.py, so that a variant name ("gain",

@@ -117,7 +117,9 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     if not (Path(config.output_dir) / "final.json").is_file():
         clock("classifier", lambda: train(config))
     checkpoint = str(Path(config.output_dir) / "last.pt")
-    made = clock("make-cams", lambda: make_cams(checkpoint, out / "cams", flip=True, attention_layer="stride16",
+    # the seeds of every row: scale 1 + flip, as when the tables were made (make-cams' default is now 1, 1.5)
+    made = clock("make-cams", lambda: make_cams(checkpoint, out / "cams", scales=[1.0], flip=True,
+                                                attention_layer="stride16",
                                                 device="cpu", progress=args.progress))
     stored = out / "cams" / EVAL_CAMS_JSON
     seeds = (json.loads(stored.read_text()) if stored.is_file() and not made["written"]

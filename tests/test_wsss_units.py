@@ -213,15 +213,25 @@ def test_make_cams_maps_views_and_resume(tmp_path: Path) -> None:
     assert np.all(np.isclose(peaks, 1.0, atol=1e-5) | (peaks == 0))
 
     out = tmp_path / "cams"
-    first = make_cams(checkpoint, out, limit=4, progress=False, device="cpu")
+    first = make_cams(checkpoint, out, limit=4, scales=(1.0,), progress=False, device="cpu")
     assert first["written"] == 4 and len(list((out / "cams").glob("*.npy"))) == 4
     keys, maps = io.load_cams(out / "cams" / f"{dataset.image_id(0)}.npy")
     assert keys.tolist() == list(item.labels) and maps.shape == one.shape
     assert np.allclose(maps, one, atol=1e-3)  # float16 storage
-    assert make_cams(checkpoint, out, limit=4, progress=False, device="cpu")["skipped"] == 4
+    assert make_cams(checkpoint, out, limit=4, scales=(1.0,), progress=False, device="cpu")["skipped"] == 4
     with pytest.raises(ValueError, match="other settings"):
-        make_cams(checkpoint, out, limit=4, flip=True, progress=False, device="cpu")
-    assert make_cams(checkpoint, out, limit=4, flip=True, overwrite=True, progress=False, device="cpu")["written"] == 4
+        make_cams(checkpoint, out, limit=4, scales=(1.0,), flip=True, progress=False, device="cpu")
+    # the default views are scales 1 and 1.5 (issue 31): another folder's settings
+    with pytest.raises(ValueError, match="other settings"):
+        make_cams(checkpoint, out, limit=4, progress=False, device="cpu")
+    default = make_cams(checkpoint, tmp_path / "cams-default", limit=4, progress=False, device="cpu")
+    assert json.loads((tmp_path / "cams-default" / "meta.json").read_text())["scales"] == [1.0, 1.5]
+    _, averaged = io.load_cams(tmp_path / "cams-default" / "cams" / f"{dataset.image_id(0)}.npy")
+    two = image_cams(gain, item.image, item.labels, 5, mean=state["mean"], std=state["std"], train_size=32,
+                     scales=(1.0, 1.5))
+    assert default["written"] == 4 and np.allclose(averaged, two, atol=1e-3) and not np.allclose(two, one, atol=1e-2)
+    assert make_cams(checkpoint, out, limit=4, scales=(1.0,), flip=True, overwrite=True, progress=False,
+                     device="cpu")["written"] == 4
     from gainet.training.checkpoint import load_checkpoint, save_atomic
 
     edited = load_checkpoint(checkpoint)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from gainet.wsss.cams import eval_cams, make_cams
+from gainet.wsss.cams import DEFAULT_SCALES, eval_cams, make_cams
 from gainet.wsss.pseudo_labels import make_pseudo_labels
 from gainet.wsss.seg_trainer import SegConfig, evaluate_segmentation, train_seg
 
@@ -20,7 +20,7 @@ def run_pipeline(
     cam_images: int | None = None,
     eval_split: str = "val",
     eval_images: int | None = None,
-    scales: Sequence[float] = (1.0,),
+    scales: Sequence[float] = DEFAULT_SCALES,
     flip: bool = False,
     band: float = 0.1,
     crf: bool = False,
