@@ -158,12 +158,12 @@ def main(argv: list[str] | None = None) -> int:
               "test mean ± std": mean_std([100 * r["test"] for r in rows]),
               "val mean ± std": mean_std([100 * r["val"] for r in rows]),
               "val, CRF inference": mean_std([100 * r["val_crf"] for r in rows]),
-              "train-seg CPU min (600 images)": mean_std([r["train_minutes"] for r in rows], 2)}
+              "train-seg wall min (600 images, shared machine)": mean_std([r["train_minutes"] for r in rows], 2)}
              for name, rows in oracles.items()]
     chosen = choose(oracles)
     print(f"## The oracle per recipe (selection on test[:{IMAGES}]; chosen: {chosen})\n")
     print(markdown_table(lines, ["recipe", *seeds, "test mean ± std", "val mean ± std", "val, CRF inference",
-                                 "train-seg CPU min (600 images)"], ".1f"))
+                                 "train-seg wall min (600 images, shared machine)"], ".1f"))
     if args.apply:
         base = {r["seed"]: r for r in oracles[args.apply]}
         lines = []

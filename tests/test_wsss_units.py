@@ -340,3 +340,15 @@ def test_lite0_segmentation_reads_the_classifier_features_at_strides_8_and_16() 
         build_segmentation_model("lraspp_efficientnet_lite0", 4, weights_backbone="some.pth")
     with pytest.raises(ValueError, match="no offline ImageNet weights"):
         build_segmentation_model("lraspp_mobilenet_v3_large", 4, weights_backbone="imagenet")
+
+
+def test_the_segmentation_recipes_in_configs_are_valid_settings() -> None:
+    """configs/*_seg.yaml are train-seg settings (a typo or a dropped key fails here, not in a run)."""
+    from gainet.training.config import load_yaml
+    from gainet.wsss.config import SegConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    garments = SegConfig.from_dict(load_yaml(root / "garments_seg.yaml"))
+    assert (garments.model, garments.crop_size, garments.epochs, garments.weights_backbone) == \
+        ("lraspp_efficientnet_lite0", 192, 15, "imagenet")
+    assert SegConfig.from_dict(load_yaml(root / "voc_seg.yaml")).model == "deeplabv3_resnet50"
