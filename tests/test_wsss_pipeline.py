@@ -119,6 +119,15 @@ def test_train_seg_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     assert actual["epoch"] == expected["epoch"] == 2
     for key, value in expected["model"].items():
         assert torch.equal(actual["model"][key], value), key
+    # continuing with another recipe would train a hybrid into the earlier run's folder: refused
+    before = (tmp_path / "resumed" / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"other settings \(crop_size, lr\)"):
+        train_seg(base.replace(output_dir=str(tmp_path / "resumed"), resume="auto", epochs=3, crop_size=16, lr=0.1))
+    make_pseudo_labels(tmp_path / "c", tmp_path / "l2", fg_threshold=0.6, progress=False, evaluate=False)
+    with pytest.raises(ValueError, match="pseudo labels"):
+        train_seg(base.replace(labels_dir=str(tmp_path / "l2"), output_dir=str(tmp_path / "resumed"), resume="auto",
+                               epochs=3))
+    assert (tmp_path / "resumed" / "last.pt").read_bytes() == before
     with pytest.raises(ValueError, match="unknown train-seg config keys"):
         SegConfig.from_dict({"labels_dir": "x", "lr_typo": 1})
 

@@ -39,6 +39,9 @@ PREDICTIONS_DIR = "predictions"
 PREDICTIONS_STAGE = "seg-predictions"
 EVAL_SEG_JSON = "eval_seg.json"
 EVAL_SEG_MD = "eval_seg.md"
+# Settings a resumed run must share with its checkpoint (epochs may grow: a run can be continued).
+RESUME_FIXED = ("weights", "weights_backbone", "bn_momentum", "crop_size", "crop_scale", "batch_size", "optimizer",
+                "lr", "momentum", "weight_decay", "schedule", "seed", "limit")
 # A train-seg output holding a run (finished or resumable), and every file a run writes (--overwrite).
 SEG_RUN_MARKERS = ("final.json", "last.pt")
 SEG_RUN_FILES = ("last.pt", "epoch-*.pt", "metrics.csv", "config.json", "final.json")
@@ -188,6 +191,16 @@ class SegTrainer:
         io.check_classes(state["classes"], self.classes, f"checkpoint {path}")
         if state["config"]["model"] != self.config.model:
             raise ValueError(f"{path}: checkpoint model {state['config']['model']!r} differs from {self.config.model!r}")
+        # A resumed run continues the same recipe on the same labels (more epochs may be asked for);
+        # anything else would silently train a hybrid into the folder of the earlier run.
+        current = json.loads(json.dumps(self.config.to_dict()))
+        differs = [key for key in RESUME_FIXED if key in state["config"] and state["config"][key] != current[key]]
+        labels = {k: self.labels_meta.get(k) for k in ("method", "cams", "fg_threshold", "bg_threshold", "crf")}
+        if "labels" in state and json.loads(json.dumps(state["labels"])) != json.loads(json.dumps(labels)):
+            differs.append("pseudo labels")
+        if differs:
+            raise ValueError(f"{path}: made with other settings ({', '.join(differs)}); use --overwrite or another "
+                             "--output-dir")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
