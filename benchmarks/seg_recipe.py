@@ -12,8 +12,8 @@ that objects keep the size they were trained at).
 **Selection (the rule, fixed before any run):** every recipe's oracle is scored by ``eval-seg`` on
 the first 300 images of the **test** split (garments made from Fashion-MNIST's t10k photos, disjoint
 from the val split the tables report), plain inference; the recipe with the highest mean over the
-seeds is chosen, unless a cheaper recipe (fewer CPU minutes per run) is within 0.5 points of it, in
-which case the cheapest such recipe. Nothing is chosen on val or on a pseudo-label row.
+seeds is chosen, unless a cheaper recipe (fewer train-seg wall minutes per run, on the shared
+machine) is within 0.5 points of it, in which case the cheapest such recipe. Nothing is chosen on val or on a pseudo-label row.
 
 ``--apply RECIPE`` then trains that recipe on each label set of ``LABEL_SETS`` (per seed) and every
 network (oracle included) is reported on the first 300 val images, plain and with CRF inference,

@@ -95,6 +95,12 @@ def seg_config(args: argparse.Namespace, labels: Path, output: Path) -> SegConfi
                      progress=args.progress, resume="auto")
 
 
+def evaluate_seg(args: argparse.Namespace, checkpoint: Path, folder: Path, crf: bool = False) -> dict[str, Any]:
+    """eval-seg on the first ``--val-images`` val images at :func:`seg_scales`."""
+    return evaluate_segmentation(checkpoint, folder, limit=args.val_images, scales=seg_scales(args), crf=crf,
+                                 device="cpu", progress=args.progress)
+
+
 def seg_scales(args: argparse.Namespace) -> list[float]:
     """eval-seg's scale: a network trained on crops of ``seg_crop`` pixels sees the native image
     resized by ``seg_crop / native`` (objects at the size it was trained on)."""
@@ -162,12 +168,10 @@ def _run_method(method: str, args: argparse.Namespace, checkpoint: str | None, o
                                         progress=progress)["eval"]
         row["label_miou_crf"] = crf_labels["miou"]
     train_seg(seg_config(args, out / "labels", out / "seg"))
-    seg = evaluate_segmentation(out / "seg" / "last.pt", out / "eval", limit=args.val_images, scales=seg_scales(args), device="cpu",
-                                progress=progress)
+    seg = evaluate_seg(args, out / "seg" / "last.pt", out / "eval")
     row["seg_miou"] = seg["miou"]
     if args.crf:
-        row["seg_miou_crf"] = evaluate_segmentation(out / "seg" / "last.pt", out / "eval-crf", limit=args.val_images, scales=seg_scales(args),
-                                                    crf=True, device="cpu", progress=progress)["miou"]
+        row["seg_miou_crf"] = evaluate_seg(args, out / "seg" / "last.pt", out / "eval-crf", crf=True)["miou"]
     row["minutes"] = (time.perf_counter() - started) / 60
     return row
 
@@ -236,13 +240,11 @@ def _run_refined(method: str, args: argparse.Namespace, checkpoint: str, state: 
         row["label_miou_crf"] = clock.run("pseudo-labels crf", images, lambda: make_pseudo_labels(
             source, out / "labels-crf", band=args.band, crf=True, progress=progress))["eval"]["miou"]
     clock.run("train-seg", images, lambda: train_seg(seg_config(args, out / "labels", out / "seg")))
-    seg = clock.run("eval-seg", args.val_images, lambda: evaluate_segmentation(
-        out / "seg" / "last.pt", out / "eval", limit=args.val_images, scales=seg_scales(args), device="cpu", progress=progress))
+    seg = clock.run("eval-seg", args.val_images, lambda: evaluate_seg(args, out / "seg" / "last.pt", out / "eval"))
     row["seg_miou"] = seg["miou"]
     if args.crf:
-        row["seg_miou_crf"] = clock.run("eval-seg crf", args.val_images, lambda: evaluate_segmentation(
-            out / "seg" / "last.pt", out / "eval-crf", limit=args.val_images, scales=seg_scales(args), crf=True, device="cpu",
-            progress=progress))["miou"]
+        row["seg_miou_crf"] = clock.run("eval-seg crf", args.val_images, lambda: evaluate_seg(
+            args, out / "seg" / "last.pt", out / "eval-crf", crf=True))["miou"]
     # The same segmentation recipe on labels from other maps (the rows "METHOD, seg on X labels")
     for name in other_labels:
         if name == "crf":  # the main labels after the dense CRF (labels-crf above), trained on as PSA does
@@ -255,12 +257,10 @@ def _run_refined(method: str, args: argparse.Namespace, checkpoint: str, state: 
         tag = "on-crf-labels" if name == "crf" else name
         clock.run(f"train-seg {name}", images, lambda: train_seg(seg_config(args, out / f"labels-{name}",
                                                                             out / f"seg-{tag}")))
-        alt["seg_miou"] = evaluate_segmentation(out / f"seg-{tag}" / "last.pt", out / f"eval-{tag}",
-                                                limit=args.val_images, scales=seg_scales(args), device="cpu", progress=progress)["miou"]
+        alt["seg_miou"] = evaluate_seg(args, out / f"seg-{tag}" / "last.pt", out / f"eval-{tag}")["miou"]
         if args.crf:
-            alt["seg_miou_crf"] = evaluate_segmentation(out / f"seg-{tag}" / "last.pt", out / f"eval-crf-{tag}",
-                                                        limit=args.val_images, scales=seg_scales(args), crf=True, device="cpu",
-                                                        progress=progress)["miou"]
+            alt["seg_miou_crf"] = evaluate_seg(args, out / f"seg-{tag}" / "last.pt", out / f"eval-crf-{tag}",
+                                               crf=True)["miou"]
         row.setdefault("other_labels", {})[name] = alt
     row["minutes"] = (time.perf_counter() - started) / 60
     row["per_1000"] = {name: clock.per_1000(name) for name in clock.values}
@@ -281,11 +281,9 @@ def _run_oracle(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     clock.run("train-seg", args.train_images, lambda: train_seg(seg_config(args, out / "labels", out / "seg")))
     row: dict[str, Any] = {"method": "oracle (GT masks)", "seed": args.seed, "label_miou": 1.0, "unsure": 0.0,
                            "label_precision": 1.0, "per_1000": {"train-seg": clock.per_1000("train-seg")}}
-    row["seg_miou"] = evaluate_segmentation(out / "seg" / "last.pt", out / "eval", limit=args.val_images, scales=seg_scales(args),
-                                            device="cpu", progress=args.progress)["miou"]
+    row["seg_miou"] = evaluate_seg(args, out / "seg" / "last.pt", out / "eval")["miou"]
     if args.crf:
-        row["seg_miou_crf"] = evaluate_segmentation(out / "seg" / "last.pt", out / "eval-crf", limit=args.val_images, scales=seg_scales(args),
-                                                    crf=True, device="cpu", progress=args.progress)["miou"]
+        row["seg_miou_crf"] = evaluate_seg(args, out / "seg" / "last.pt", out / "eval-crf", crf=True)["miou"]
     row["minutes"] = (time.perf_counter() - started) / 60
     return row
 
@@ -352,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="train-seg --crop-size (parts: the images' size; garments 192 on the 128-px images), "
                              "eval-seg at scale crop / size")
     parser.add_argument("--scales", type=float, nargs="+", default=None,
-                        help="make-cams scales (default 1; garments: with --flip)")
+                        help="make-cams scales (default 1 1.5, make-cams' own; garments: with --flip)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="flip-averaged maps (parts: off; garments: on)")
     parser.add_argument("--band", type=float, default=0.1, help="unsure band below the fg threshold")

@@ -66,12 +66,15 @@ def dense_par(image: np.ndarray, maps: np.ndarray, dilations, steps: int, w_rgb:
 
 
 def test_random_walk_equals_the_dense_matrix_power() -> None:
+    """Two images in one batch, each against its own dense float64 walk (the batch must not mix)."""
     rng = np.random.default_rng(0)
-    features = rng.normal(size=(3, 5, 6)).astype(np.float32)
-    maps = rng.uniform(size=(2, 5, 6)).astype(np.float32)
-    got = random_walk(torch.from_numpy(maps)[None], torch.from_numpy(features)[None], radius=3, beta=2.0,
-                      iterations=4)[0].numpy()
-    np.testing.assert_allclose(got, dense_random_walk(maps, features, 3, 2.0, 4), rtol=1e-5, atol=1e-6)
+    features = rng.normal(size=(2, 3, 5, 6)).astype(np.float32)
+    maps = rng.uniform(size=(2, 2, 5, 6)).astype(np.float32)
+    got = random_walk(torch.from_numpy(maps), torch.from_numpy(features), radius=3, beta=2.0, iterations=4).numpy()
+    for b in range(2):
+        np.testing.assert_allclose(got[b], dense_random_walk(maps[b], features[b], 3, 2.0, 4), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="features"):
+        feature_affinity(torch.zeros(3, 5, 6), disc_offsets(2))
 
 
 def test_background_walk_scores_are_the_argmax_of_the_dense_float64_walk() -> None:
@@ -405,7 +408,23 @@ def test_refine_cams_on_a_tiny_voc_layout_tree_keeps_native_sizes(tmp_path: Path
     refine_cams(out / "cams", out / "square", RefineParams(method="affinity", epochs=1, iterations=4,
                                                             label_crf=False), progress=False)
     assert grids and all(g == ((8, 8), (8, 8)) for g in grids)  # 32-px training input, stride 4
-    with pytest.raises(ValueError, match="base size"):
+    grids.clear()
+    trained_on = []
+    train_affinity = refine_module.train_affinity
+
+    def recording_training(tap, head, inputs, seeds, params, **kwargs):
+        trained_on.extend(tuple(x.shape[-2:]) for x in inputs)
+        return train_affinity(tap, head, inputs, seeds, params, **kwargs)
+
+    monkeypatch.setattr(refine_module, "train_affinity", recording_training)
+    assert main(["refine-cams", "--cams", str(out / "cams"), "--output", str(out / "forty"), "--epochs", "1",
+                 "--iterations", "4", "--no-label-crf", "--walk-base-size", "40", "--no-progress"]) == 0
+    assert grids and all(g == ((10, 10), (10, 10)) for g in grids)  # a 40 x 40 square, stride 4
+    # the default method is the learned one (issue 31), trained on the 32-px squares whatever the walk
+    assert trained_on and set(trained_on) == {(32, 32)}
+    assert json.loads((out / "forty" / "meta.json").read_text())["refinement"]["method"] == "affinity"
+    assert RefineParams().method == "affinity"
+    with pytest.raises(ValueError, match=r"walk_base_size \(--walk-base-size\): base size"):
         RefineParams(method="affinity", walk_base_size="square")
     with pytest.raises(ValueError, match="affinity"):
         RefineParams(method="par", walk_base_size="native")

@@ -11,6 +11,7 @@ from typing import Any
 
 from gainet.cli.common import OUTPUT_FLAGS, base_type
 from gainet.training.config import load_yaml
+from gainet.wsss.config import DEFAULT_SCALES
 
 
 def _crf_params(args: argparse.Namespace):
@@ -149,8 +150,9 @@ def add_refine_command(commands: Any) -> None:
     refine.add_argument("--cams", required=True, help="make-cams output folder (the seeds)")
     refine.add_argument(*OUTPUT_FLAGS, dest="output", required=True, help="output folder (maps go to OUTPUT/cams/)")
     refine.add_argument("--method", default="affinity", choices=("par", "affinity"),
-                        help="refinement: affinity (learned, needs eval-cams on the seeds and their classifier "
-                             "checkpoint; +5.7 mIoU over par on real photos, docs/wsss.md) or par (training-free) "
+                        help="refinement: affinity (learned; needs eval-cams on the seeds, their classifier "
+                             "checkpoint and, for its default --label-crf, pydensecrf2 (or give --no-label-crf); "
+                             "+5.7 mIoU over par on real photos, docs/wsss.md) or par (training-free, needs nothing) "
                              "(default: %(default)s)")
     refine.add_argument("--iterations", type=int, default=None,
                         help="propagation steps (default: par 10, affinity 256)")
@@ -205,7 +207,7 @@ def add_wsss_commands(commands: Any) -> None:
     cams.add_argument("--split", default=None, help="split to process (default: the checkpoint's training split)")
     cams.add_argument("--data-root", default=None, help="override the dataset directory")
     cams.add_argument("--limit", type=int, default=None, help="first N images only (generated worlds: draw N)")
-    cams.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.5],
+    cams.add_argument("--scales", type=float, nargs="+", default=list(DEFAULT_SCALES),
                       help="input scales, e.g. 0.5 1 1.5 2 (default: 1 1.5, measured better than 1 alone on every "
                            "seed of both worlds: docs/wsss.md)")
     cams.add_argument("--flip", action="store_true", help="also average the horizontally mirrored image")

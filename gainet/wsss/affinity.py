@@ -98,6 +98,8 @@ def propagate(values: Tensor, weights: Tensor, offsets: Offsets, iterations: int
         raise ValueError(f"iterations must be >= 0, got {iterations}")
     height, width = values.shape[-2:]
     pad = max([abs(v) for o in offsets for v in o] + [0])
+    dtype = torch.result_type(values, weights)
+    values = values.to(dtype)
     for _ in range(int(iterations)):
         # one offset at a time: the same sum as over shifted()'s (B, K, N, H, W) stack, without
         # materialising it (3x faster on a CPU; tests check it against the dense matrix power)
@@ -158,6 +160,8 @@ def par_refine(image: Tensor, maps: Tensor, *, dilations: Sequence[int] = (1, 2,
 def feature_affinity(features: Tensor, offsets: Offsets) -> tuple[Tensor, Tensor]:
     """AffinityNet's affinity ``exp(-mean_c |f_i - f_{i+o}|)`` in (0, 1] of ``features``
     ``(B, D, H, W)`` with each offset: ``(B, N, H, W)``, and the validity mask ``(N, H, W)``."""
+    if features.dim() != 4:
+        raise ValueError(f"expected features (B, D, H, W), got {tuple(features.shape)}")
     height, width = features.shape[-2:]
     pad = max([abs(v) for o in offsets for v in o] + [0])
     padded = F.pad(features, (pad, pad, pad, pad))

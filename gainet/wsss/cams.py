@@ -18,6 +18,7 @@ from gainet.evaluation.report import markdown_table
 from gainet.io.input_size import smallest_input_size
 from gainet.io.progress import progress_bar
 from gainet.wsss import data as io
+from gainet.wsss.config import DEFAULT_SCALES
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +26,6 @@ CAMS_DIR = "cams"
 CAMS_STAGE = "cams"
 EVAL_CAMS_JSON = "eval_cams.json"
 EVAL_CAMS_MD = "eval_cams.md"
-# make-cams' default views: scales 1 and 1.5 beat scale 1 alone on every seed of both worlds
-# measured (garments +1.6 +- 0.2 mIoU, the drawn parts world +0.4 +- 0.3; IRN's 0.5-2 added +0.4 +- 0.8
-# on garments): docs/wsss.md, issue 31
-DEFAULT_SCALES = (1.0, 1.5)
 
 
 def parse_base_size(value: str | int | None) -> str | int:

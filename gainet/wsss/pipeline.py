@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from gainet.wsss.cams import DEFAULT_SCALES, eval_cams, make_cams
+from gainet.wsss.cams import eval_cams, make_cams
+from gainet.wsss.config import DEFAULT_SCALES
 from gainet.wsss.pseudo_labels import make_pseudo_labels
 from gainet.wsss.seg_trainer import SegConfig, evaluate_segmentation, train_seg
 

@@ -120,7 +120,10 @@ class RefineParams:
     walk_base_size: str | int = "train"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "walk_base_size", parse_base_size(self.walk_base_size))
+        try:
+            object.__setattr__(self, "walk_base_size", parse_base_size(self.walk_base_size))
+        except ValueError as error:
+            raise ValueError(f"walk_base_size (--walk-base-size): {error}") from None
         if self.walk_base_size != "train" and self.method != "affinity":
             raise ValueError("walk_base_size is a setting of the affinity random walk (--method affinity)")
         if self.method not in METHODS:
