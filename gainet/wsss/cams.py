@@ -180,14 +180,9 @@ def make_cams(
     smallest = smallest_input_size(gain.model) or 1
     if base != "native":
         _check_scaled_size(scaled_sizes((0, 0), base, config.image_size, scales), scales, smallest, config.model, "")
-    written = skipped = 0
     total = dataset.wsss_size
-    bar = progress_bar(range(total), desc=f"make-cams {spec['split']}", enabled=progress, dynamic_ncols=True)
-    for index in bar:
-        path = io.item_path(cams_dir, dataset.image_id(index), ".npy")
-        if path.is_file() and not overwrite:
-            skipped += 1
-            continue
+    todo = io.pending(dataset, cams_dir, ".npy", overwrite)
+    for index, path in progress_bar(todo, desc=f"make-cams {spec['split']}", enabled=progress, dynamic_ncols=True):
         item = io.raw_item(dataset, index)
         if base == "native":
             _check_scaled_size(scaled_sizes(item.image.shape[:2], base, config.image_size, scales), scales,
@@ -196,7 +191,7 @@ def make_cams(
                           train_size=config.image_size, scales=scales, flip=flip, base=base,
                           class_agnostic=class_agnostic)
         io.save_cams(path, np.asarray(item.labels, dtype=np.int64), maps, dtype)
-        written += 1
+    written, skipped = len(todo), total - len(todo)
     logger.info("make-cams: %d written, %d already there, in %s", written, skipped, cams_dir)
     return {"written": written, "skipped": skipped, "images": total, "output": str(output)}
 

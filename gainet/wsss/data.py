@@ -159,6 +159,18 @@ def item_path(folder: str | Path, image_id: str, suffix: str) -> Path:
     return Path(folder) / relative
 
 
+def pending(dataset: Dataset, folder: str | Path, suffix: str, overwrite: bool = False) -> list[tuple[int, Path]]:
+    """A resumable stage's work: ``(index, folder/<image_id><suffix>)`` for each of the first
+    ``dataset.wsss_size`` images whose file is not there yet (all of them with ``overwrite``);
+    the others are skipped, so an interrupted stage carries on where it stopped."""
+    todo = []
+    for index in range(dataset.wsss_size):
+        path = item_path(folder, dataset.image_id(index), suffix)
+        if overwrite or not path.is_file():
+            todo.append((index, path))
+    return todo
+
+
 def _atomic_write(path: Path, write) -> Path:
     """Write through a temporary file in the same folder, then rename: an interrupted run never
     leaves a truncated per-image file that a resumed run would skip."""

@@ -140,17 +140,12 @@ def make_pseudo_labels(
     }
     io.claim_folder(output, labels_meta, ["cams", "data", "fg_threshold", "bg_threshold", "crf"], overwrite)
     labels_dir = output / LABELS_DIR
-    written = skipped = 0
-    for index in progress_bar(range(dataset.wsss_size), desc="pseudo-labels", enabled=progress, dynamic_ncols=True):
-        image_id = dataset.image_id(index)
-        path = io.item_path(labels_dir, image_id, ".png")
-        if path.is_file() and not overwrite:
-            skipped += 1
-            continue
-        keys, maps = io.load_cams(io.item_path(folder, image_id, ".npy"))
+    todo = io.pending(dataset, labels_dir, ".png", overwrite)
+    for index, path in progress_bar(todo, desc="pseudo-labels", enabled=progress, dynamic_ncols=True):
+        keys, maps = io.load_cams(io.item_path(folder, dataset.image_id(index), ".npy"))
         image = io.raw_item(dataset, index).image if params is not None else None
         io.save_index_png(path, pseudo_label(keys, maps, len(classes), fg, bg, image=image, crf=params))
-        written += 1
+    written, skipped = len(todo), dataset.wsss_size - len(todo)
     logger.info("pseudo-labels: %d written, %d already there, in %s", written, skipped, labels_dir)
     result: dict[str, Any] = {"written": written, "skipped": skipped, "images": dataset.wsss_size,
                               "fg_threshold": fg, "bg_threshold": bg, "output": str(output), "eval": None}

@@ -356,8 +356,7 @@ def refine_cams(
     out_dir = output / CAMS_DIR
     torch_device = torch.device(device)
     total = dataset.wsss_size
-    todo = [i for i in range(total)
-            if overwrite or not io.item_path(out_dir, dataset.image_id(i), ".npy").is_file()]
+    todo = [index for index, _ in io.pending(dataset, out_dir, ".npy", overwrite)]
     seconds = {"train": 0.0, "refine": 0.0}
     losses: list[float] = []
     tap = head = None

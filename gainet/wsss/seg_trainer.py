@@ -371,22 +371,16 @@ def evaluate_segmentation(
     io.claim_folder(output, meta, ["checkpoint", "epoch", "data", "scales", "flip", "base_size", "crf"], overwrite)
     folder = output / PREDICTIONS_DIR
     train_size = int(state["config"].get("crop_size") or spec["image_size"])
-    written = skipped = 0
-    for index in progress_bar(range(dataset.wsss_size), desc=f"eval-seg predict {split}", enabled=progress,
-                      dynamic_ncols=True):
-        path = io.item_path(folder, dataset.image_id(index), ".png")
-        if path.is_file() and not overwrite:
-            skipped += 1
-            continue
+    todo = io.pending(dataset, folder, ".png", overwrite)
+    for index, path in progress_bar(todo, desc=f"eval-seg predict {split}", enabled=progress, dynamic_ncols=True):
         item = io.raw_item(dataset, index)
         probabilities = predict_probabilities(model, item.image, mean=state["mean"], std=state["std"], scales=scales,
                                               flip=flip, base=base, train_size=train_size)
         if params is not None:
             probabilities = torch.from_numpy(crf_probabilities(item.image, probabilities.numpy(), params))
         io.save_index_png(path, probabilities.argmax(0).numpy())
-        written += 1
     result = score_predictions(output, dataset, classes, progress=progress)
-    return {**result, "written": written, "skipped": skipped}
+    return {**result, "written": len(todo), "skipped": dataset.wsss_size - len(todo)}
 
 
 def score_predictions(output: Path, dataset: Dataset, classes: Sequence[str], *, progress: bool = True) -> dict[str, Any]:

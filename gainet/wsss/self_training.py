@@ -74,18 +74,13 @@ def self_training_labels(
     io.claim_folder(output, meta, ["data", "self_training"], overwrite)
     folder = output / LABELS_DIR
     train_size = int(state["config"].get("crop_size") or source["data"]["image_size"])
-    written = skipped = 0
-    for index in progress_bar(range(dataset.wsss_size), desc="self-training labels", enabled=progress,
-                              dynamic_ncols=True):
-        path = io.item_path(folder, dataset.image_id(index), ".png")
-        if path.is_file() and not overwrite:
-            skipped += 1
-            continue
+    todo = io.pending(dataset, folder, ".png", overwrite)
+    for index, path in progress_bar(todo, desc="self-training labels", enabled=progress, dynamic_ncols=True):
         item = io.raw_item(dataset, index)
         probabilities = predict_probabilities(model, item.image, mean=state["mean"], std=state["std"],
                                               train_size=train_size)
         io.save_index_png(path, image_class_argmax(probabilities, item.labels))
-        written += 1
+    written, skipped = len(todo), dataset.wsss_size - len(todo)
     require_complete(folder, dataset, ".png", "self-training labels")
     logger.info("self-training labels: %d written, %d already there, in %s", written, skipped, folder)
     result: dict[str, Any] = {"written": written, "skipped": skipped, "images": dataset.wsss_size,
