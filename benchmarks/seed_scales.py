@@ -29,6 +29,7 @@ from gainet.wsss.cams import eval_cams, make_cams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from wsss import WORLD_DEFAULTS, classifier_config  # noqa: E402
+from wsss_departures import mean_std  # noqa: E402
 
 
 def parse_scales(text: str) -> list[float]:
@@ -73,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         values = [100 * row[name]["miou"] for row in rows]
         gains = [100 * (row[name]["miou"] - row[names[0]]["miou"]) for row in rows]
-        spread = (lambda v: f"{statistics.mean(v):.1f} ± {statistics.stdev(v):.1f}") if len(rows) > 1 else \
-            (lambda v: f"{v[0]:.1f}")
-        lines.append({"seeds": name, **dict(zip(seeds, values)), "mean ± std": spread(values),
+        lines.append({"seeds": name, **dict(zip(seeds, values)), "mean ± std": mean_std(values),
                       "gain over the first (paired)": "" if name == names[0] else
                       (f"{statistics.mean(gains):+.1f} ± {statistics.stdev(gains):.1f}" if len(gains) > 1
                        else f"{gains[0]:+.1f}"),

@@ -45,6 +45,7 @@ from gainet.wsss.seg_trainer import evaluate_segmentation, train_seg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from wsss import WORLD_DEFAULTS, seg_config  # noqa: E402
+from wsss_departures import mean_std  # noqa: E402
 
 IMAGES = 300  # first images of the selection (test) and report (val) splits
 NATIVE = 128  # the garments world's image side
@@ -87,9 +88,7 @@ def run_job(root: Path, departures: Path, seed: int, recipe: str, labels: str | 
         if labels == "par" and not (labels_dir / "eval_labels.json").is_file():
             make_pseudo_labels(source / "cam" / "cams-par", labels_dir, band=BAND, progress=progress)
     namespace = argparse.Namespace(**{**WORLD_DEFAULTS["garments"], "seed": seed, "threads": 1, "progress": progress})
-    config = seg_config(namespace, labels_dir, out / "seg")
-    config.epochs = RECIPES[recipe]["epochs"]
-    config.crop_size = RECIPES[recipe]["crop_size"]
+    config = seg_config(namespace, labels_dir, out / "seg").replace(**RECIPES[recipe])
     started = time.perf_counter()
     train_seg(config)
     minutes = (time.perf_counter() - started) / 60
@@ -110,11 +109,6 @@ def jobs(args: argparse.Namespace) -> list[tuple[int, str, str | None]]:
     if args.apply:
         listed += [(seed, args.apply, labels) for labels in LABEL_SETS for seed in args.seeds]
     return listed
-
-
-def mean_std(values: list[float], digits: int = 1) -> str:
-    return (f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}" if len(values) > 1
-            else f"{values[0]:.{digits}f} (one seed)")
 
 
 def choose(results: dict[str, list[dict]]) -> str:
